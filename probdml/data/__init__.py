@@ -1,0 +1,1 @@
+"""Datasets: TFDS builders, input pipelines and samplers."""

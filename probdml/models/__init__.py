@@ -1,0 +1,1 @@
+"""Models: backbones, embedding heads, small networks."""
