@@ -6,9 +6,9 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
-    config.num_steps = 600
+    config.num_steps = 400
     config.log_every = 50
-    config.eval_every = 200
+    config.eval_every = 100
     config.checkpoint_every = 100
     config.keep_checkpoints = 3
 
@@ -35,7 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.optim = ml_collections.ConfigDict()
     config.optim.name = "adamw"
-    config.optim.learning_rate = 1e-3
+    config.optim.learning_rate = 3e-4
     config.optim.weight_decay = 1e-4
     config.optim.lr_mults = {"proxies": 100.0}
     config.optim.schedule = "constant"
