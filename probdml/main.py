@@ -1,0 +1,44 @@
+"""Command-line entry point: python -m probdml.main --config=configs/<file>.py --workdir=<dir>."""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from probdml.errors import ConfigError
+
+FLAGS = flags.FLAGS
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.")
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard events and metrics.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _fail(message: str) -> None:
+    print(f"probdml: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing that reports bad flags and config overrides on one line, exit code 2."""
+    try:
+        return FLAGS(argv)
+    except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as e:
+        _fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    from probdml import train
+
+    logging.set_verbosity(logging.WARNING)
+    try:
+        metrics = train.train_and_evaluate(_CONFIG.value, FLAGS.workdir)
+    except ConfigError as e:
+        _fail(str(e))
+    print("final " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)
