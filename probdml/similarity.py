@@ -232,24 +232,27 @@ def natural_parameter(bundle: Bundle) -> Array:
     return bundle["embedding"]
 
 
-def _cosine_factory() -> Callable[[Bundle, Bundle], Pairwise]:
-    def pairwise(a: Bundle, b: Bundle) -> Pairwise:
+def _cosine_factory() -> Callable[..., Pairwise]:
+    def pairwise(a: Bundle, b: Bundle, *, key: Array | None = None, temperature=None) -> Pairwise:
+        del key, temperature
         sim = cosine(a["embedding"], b["embedding"])
         return Pairwise(sim, chord_distance(sim))
 
     return pairwise
 
 
-def _dot_factory() -> Callable[[Bundle, Bundle], Pairwise]:
-    def pairwise(a: Bundle, b: Bundle) -> Pairwise:
+def _dot_factory() -> Callable[..., Pairwise]:
+    def pairwise(a: Bundle, b: Bundle, *, key: Array | None = None, temperature=None) -> Pairwise:
+        del key, temperature
         sim = dot(natural_parameter(a), natural_parameter(b))
         return Pairwise(sim, -sim)
 
     return pairwise
 
 
-def _l2_factory(*, normalize: bool = False) -> Callable[[Bundle, Bundle], Pairwise]:
-    def pairwise(a: Bundle, b: Bundle) -> Pairwise:
+def _l2_factory(*, normalize: bool = False) -> Callable[..., Pairwise]:
+    def pairwise(a: Bundle, b: Bundle, *, key: Array | None = None, temperature=None) -> Pairwise:
+        del key, temperature
         x, y = natural_parameter(a), natural_parameter(b)
         if normalize:
             x, y = l2_normalize(x), l2_normalize(y)
@@ -273,7 +276,7 @@ def _introspective_factory(
     uncertainty_l2norm: bool = False,
     alpha_eps: float = 1e-6,
     compat: bool = False,
-) -> Callable[[Bundle, Bundle], Pairwise]:
+) -> Callable[..., Pairwise]:
     """`compat=True` applies ISM_COMPAT_PRESET, overriding the four options it names."""
     options = dict(
         alpha_mode=alpha_mode,
@@ -292,7 +295,8 @@ def _introspective_factory(
     if not options["tau"] > 0:
         raise ConfigError(f"introspective similarity: tau must be > 0, got {tau!r}")
 
-    def pairwise(a: Bundle, b: Bundle) -> Pairwise:
+    def pairwise(a: Bundle, b: Bundle, *, key: Array | None = None, temperature=None) -> Pairwise:
+        del key, temperature
         return introspective(
             a["embedding"], b["embedding"], a.get("uncertainty"), b.get("uncertainty"), **options
         )
@@ -305,7 +309,7 @@ def _check_choice(kind: str, value: str, valid: tuple[str, ...]) -> None:
         raise unknown_choice(kind, value, valid)
 
 
-SIMILARITIES: dict[str, Callable[..., Callable[[Bundle, Bundle], Pairwise]]] = {
+SIMILARITIES: dict[str, Callable[..., Callable[..., Pairwise]]] = {
     "cosine": _cosine_factory,
     "dot": _dot_factory,
     "l2": _l2_factory,
@@ -315,6 +319,13 @@ SIMILARITIES: dict[str, Callable[..., Callable[[Bundle, Bundle], Pairwise]]] = {
 # Similarities whose values lie in [-1, 1] (what angular-margin losses such as ArcFace need).
 BOUNDED_SIMILARITIES = frozenset({"cosine", "introspective"})
 
+# Similarities that read proxy concentrations: 'scalar' = bundle['kappa'] [M], 'vector' = bundle['kappas'] [M, D].
+PROXY_CONCENTRATION: dict[str, str] = {}
+
+# Similarities that, for some options, apply the softmax temperature themselves (S = s / T computed
+# inside, e.g. the reference EL-nivMF log-mean-exp): name -> predicate on the options dict.
+TEMPERATURE_INSIDE: dict[str, Callable[[dict], bool]] = {}
+
 
 def similarity_options(name: str) -> tuple[str, ...]:
     """The option names `get_similarity(name, **options)` accepts."""
@@ -323,8 +334,10 @@ def similarity_options(name: str) -> tuple[str, ...]:
     return tuple(inspect.signature(SIMILARITIES[name]).parameters)
 
 
-def get_similarity(name: str, **options) -> Callable[[Bundle, Bundle], Pairwise]:
-    """The registered similarity `name` with its options, as a function (bundle_a, bundle_b) -> Pairwise.
+def get_similarity(name: str, **options) -> Callable[..., Pairwise]:
+    """The registered similarity `name` with its options, as a function
+    (bundle_a, bundle_b, *, key=None, temperature=None) -> Pairwise. `key` feeds Monte Carlo estimates;
+    `temperature` is read only by similarities listed in TEMPERATURE_INSIDE (others ignore both).
 
     Unknown names or options raise probdml.errors.ConfigError listing the valid ones.
     """

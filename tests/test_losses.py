@@ -227,21 +227,6 @@ def test_all_triplets_matches_pml():
     _assert_close(ge, ref_ge)
 
 
-@pytest.mark.parametrize("kind", ["hard", "all", "easy"])
-def test_triplet_margin_miner_kinds_match_pml(kind):
-    emb, labels = _batch(19)
-    indices = pml_miners.TripletMarginMiner(margin=0.2, type_of_triplets=kind)(torch.tensor(emb), torch.tensor(labels))
-    ours = mining.triplet_margin_mask(_chord(jnp.asarray(emb)), jnp.asarray(labels), margin=0.2, kind=kind)
-    np.testing.assert_array_equal(np.asarray(ours), _dense_triplets(indices) > 0)
-
-
-def test_batch_hard_miner_matches_pml():
-    emb, labels = _batch(21)
-    indices = pml_miners.BatchHardMiner()(torch.tensor(emb), torch.tensor(labels))
-    ours = mining.batch_hard_mask(_chord(jnp.asarray(emb)), jnp.asarray(labels))
-    np.testing.assert_array_equal(np.asarray(ours), _dense_triplets(indices) > 0)
-
-
 def _pml_dw_weights(emb, labels, **kw):
     """The weights DistanceWeightedMiner passes to its sampler (captured, not recomputed)."""
     import pytorch_metric_learning.miners.distance_weighted_miner as dwm
@@ -292,21 +277,6 @@ def test_distance_weighted_weights_and_margin_loss_match_pml():
         _assert_close(ge, ref_ge)
         if learn_beta:
             _assert_close(gb, ref_gb[0])
-
-
-def test_distance_weighted_sampler_is_consistent():
-    emb, labels = _batch(25)
-    dist = _chord(jnp.asarray(emb))
-    weights = np.asarray(mining.distance_weighted_weights(dist, jnp.asarray(labels), dim=D))
-    counts = np.asarray(jax.jit(lambda k: mining.distance_weighted_triplets(k, dist, jnp.asarray(labels), dim=D))(
-        jax.random.key(1)))
-    valid = np.asarray(mining.triplet_mask(jnp.asarray(labels)))
-    assert np.all(counts[~valid] == 0)
-    a, p, n = np.nonzero(counts)
-    assert np.all(weights[a, n] > 0)
-    class_size = np.array([(labels == y).sum() for y in labels])
-    usable = (class_size > 1) & (weights.sum(1) > 0)
-    np.testing.assert_array_equal(counts.sum(axis=(1, 2)), np.where(usable, class_size, 0))
 
 
 def test_multi_similarity_with_miner_matches_pml():
