@@ -32,7 +32,9 @@ def masked_log1p_sum_exp(x: jnp.ndarray, mask: jnp.ndarray, axis: int) -> jnp.nd
     mask = mask.astype(bool)
     shift = jnp.maximum(jnp.max(jnp.where(mask, x, -jnp.inf), axis=axis, keepdims=True), 0.0)
     shift = jax.lax.stop_gradient(shift)
-    total = jnp.exp(-shift) + jnp.sum(jnp.where(mask, jnp.exp(x - shift), 0.0), axis=axis, keepdims=True)
+    # exp of -inf (not a discarded where-branch) for masked entries: an overflowing exp there would turn
+    # the zero cotangent of the unselected branch into 0 * inf = NaN.
+    total = jnp.exp(-shift) + jnp.sum(jnp.exp(jnp.where(mask, x - shift, -jnp.inf)), axis=axis, keepdims=True)
     return jnp.squeeze(shift + jnp.log(total), axis=axis)
 
 

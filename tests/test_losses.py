@@ -388,3 +388,60 @@ def test_pair_losses_degenerate_batches_are_zero_or_finite(labels):
     assert float(values[1]) == 0.0 and float(values[2]) == 0.0
     if labels is SINGLETONS:
         assert float(values[4]) == 0.0 and float(values[5]) == 0.0
+
+
+# ----------------------------------------------------------------------------------------------------
+# Finite values and gradients for any similarity: every loss on adversarial matrices (hypothesis)
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra import numpy as hnp  # noqa: E402
+
+NB, NC, K = 8, 8, 2
+_ENTRY = st.sampled_from([0.0, 1.0, -1.0, 0.5, -0.3, 1e-7, 1e4, -1e4, 1e8, -1e8])
+
+
+def _all_losses(sim_p, sim_pp, labels, key):
+    """Every loss with a proxy similarity sim_p [B, C*K] and a batch similarity sim_pp [B, B]."""
+    sp = sim_p[:, :NC]
+    d = jnp.abs(sim_pp)
+    mp, mn = mining.multi_similarity_pairs(sim_pp, labels)
+    class_mask = losses.proxy_subsample_mask(key, labels, NC, 0.5)
+    return jnp.stack([
+        losses.proxy_anchor(sp, labels),
+        losses.proxy_nca(sp, labels),
+        losses.proxy_nca_pp(sp, labels, temperature=0.1, class_mask=class_mask),
+        losses.normalized_softmax(sp, labels),
+        losses.arcface(sp, labels),
+        losses.soft_triple(sim_p, labels, centers_per_class=K),
+        losses.contrastive(d, labels),
+        losses.triplet_margin(d, labels, triplets=mining.semihard_mask(d, labels)),
+        losses.triplet_margin(d, labels, triplets=mining.batch_hard_mask(d, labels)),
+        losses.margin_loss(d, labels, triplets=mining.distance_weighted_triplets(key, d, labels, dim=NB)),
+        losses.margin_loss(d, labels, beta=jnp.full((NC,), 1.2), nu=0.1),
+        losses.multi_similarity(sim_pp, labels, pos_mask=mp, neg_mask=mn),
+        losses.npair(sim_pp, labels),
+        losses.fast_ap(d, labels),
+    ])
+
+
+@jax.jit
+def _losses_and_grads(sim_p, sim_pp, labels, key):
+    values = _all_losses(sim_p, sim_pp, labels, key)
+    jac = jax.jacrev(_all_losses, argnums=(0, 1))(sim_p, sim_pp, labels, key)
+    return values, jac
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sim_p=hnp.arrays(np.float32, (NB, NC * K), elements=_ENTRY),
+    sim_pp=hnp.arrays(np.float32, (NB, NB), elements=_ENTRY),
+    labels=st.one_of(st.just(np.zeros(NB, np.int32)), st.just(np.arange(NB, dtype=np.int32)),
+                     hnp.arrays(np.int32, (NB,), elements=st.integers(0, 2))),
+    seed=st.integers(0, 2**16),
+)
+def test_every_loss_is_finite_with_finite_gradient_on_adversarial_matrices(sim_p, sim_pp, labels, seed):
+    values, (j_p, j_pp) = _losses_and_grads(jnp.asarray(sim_p), jnp.asarray(sim_pp), jnp.asarray(labels),
+                                            jax.random.key(seed))
+    assert np.all(np.isfinite(np.asarray(values)))
+    assert np.all(np.isfinite(np.asarray(j_p))) and np.all(np.isfinite(np.asarray(j_pp)))

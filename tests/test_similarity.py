@@ -196,3 +196,79 @@ def test_registry_bundles():
     ism = similarity.get_similarity("introspective", tau=3.0)(a, b)
     ref = similarity.introspective(a["embedding"], b["embedding"], a["uncertainty"], None, tau=3.0)
     np.testing.assert_allclose(ism.similarity, ref.similarity)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Finite gradients of every similarity on adversarial bundles (hypothesis)
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+NA, NB_, DE, DUNC = 6, 5, 4, 3
+ROW_KINDS = ("normal", "zero", "same_as_0", "huge", "tiny")
+
+ADVERSARIAL_CONFIGS = {
+    "cosine": ("cosine", {}),
+    "dot": ("dot", {}),
+    "l2": ("l2", {}),
+    "l2_normalized": ("l2", {"normalize": True}),
+    **{f"ism_{m}_{f}_{b}": ("introspective", {"alpha_mode": m, "ism_form": f, "beta_form": b})
+       for m in ("cos", "euclid_norm", "compat_raw_proxy") for f in ("relative", "absolute")
+       for b in ("sumvec", "diff")},
+    "ism_compat": ("introspective", {"compat": True}),
+}
+
+
+def _rows(rng, n, d, kinds):
+    rows = rng.normal(size=(n, d)).astype(np.float32)
+    for i, kind in enumerate(kinds[:n]):
+        if kind == "zero":
+            rows[i] = 0.0
+        elif kind == "same_as_0":
+            rows[i] = rows[0]
+        elif kind == "huge":
+            rows[i] *= 1e4 / np.linalg.norm(rows[i])
+        elif kind == "tiny":
+            rows[i] *= 1e-6
+    return rows
+
+
+def _similarity_grads(config_ids):
+    fns = {cid: similarity.get_similarity(n, **o) for cid, (n, o) in ((c, ADVERSARIAL_CONFIGS[c]) for c in config_ids)}
+
+    def run(a, b):
+        out = {}
+        for cid, fn in fns.items():
+            def total(a_, b_, fn=fn):
+                p = fn(a_, b_)
+                return jnp.sum(p.similarity) + jnp.sum(p.distance)
+
+            out[cid] = (fn(a, b), jax.grad(total, argnums=(0, 1))(a, b), jax.grad(total)(a, a))
+        return out
+
+    return jax.jit(run)
+
+
+_ALL_SIMILARITY_GRADS = _similarity_grads(list(ADVERSARIAL_CONFIGS))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    a_kinds=st.lists(st.sampled_from(ROW_KINDS), min_size=NA, max_size=NA),
+    b_kinds=st.lists(st.sampled_from(ROW_KINDS), min_size=NB_, max_size=NB_),
+    u_kinds=st.lists(st.sampled_from(ROW_KINDS), min_size=NA, max_size=NA),
+    b_equals_a=st.booleans(),
+)
+def test_every_similarity_has_finite_gradients_on_adversarial_bundles(seed, a_kinds, b_kinds, u_kinds, b_equals_a):
+    rng = np.random.default_rng(seed)
+    a = {"embedding": jnp.asarray(_rows(rng, NA, DE, a_kinds)), "uncertainty": jnp.asarray(_rows(rng, NA, DUNC, u_kinds))}
+    b_rows = _rows(rng, NB_, DE, b_kinds)
+    if b_equals_a:
+        b_rows = np.asarray(a["embedding"])[:NB_]
+    b = {"embedding": jnp.asarray(b_rows)}
+    for cid, (pair, grads_ab, grads_aa) in _ALL_SIMILARITY_GRADS(a, b).items():
+        assert np.all(np.isfinite(np.asarray(pair.similarity))), (cid, "similarity")
+        assert np.all(np.isfinite(np.asarray(pair.distance))), (cid, "distance")
+        for g in jax.tree.leaves((grads_ab, grads_aa)):
+            assert np.all(np.isfinite(np.asarray(g))), (cid, "gradient")
