@@ -147,9 +147,8 @@ def distance_weighted_triplets(
     pos, _ = pair_masks(labels, sample_mask)
     k = b if triplets_per_anchor is None else int(triplets_per_anchor)
     key_p, key_n = jax.random.split(key)
-    p = jax.random.categorical(key_p, jnp.where(pos, 0.0, -jnp.inf)[:, None, :], shape=(b, k))
-    log_w = jnp.log(jnp.where(weights > 0, weights, 1.0))
-    n = jax.random.categorical(key_n, jnp.where(weights > 0, log_w, -jnp.inf)[:, None, :], shape=(b, k))
+    p = _inverse_cdf_sample(key_p, pos.astype(weights.dtype), k)
+    n = _inverse_cdf_sample(key_n, weights, k)
     usable = jnp.any(pos, axis=1) & jnp.any(weights > 0, axis=1)
     if triplets_per_anchor is None:
         class_size = jnp.sum(pos, axis=1) + 1
@@ -159,6 +158,15 @@ def distance_weighted_triplets(
     count = (usable[:, None] & slot_ok).astype(jnp.int32)
     anchors = jnp.broadcast_to(jnp.arange(b)[:, None], (b, k))
     return jnp.zeros((b, b, b), jnp.int32).at[anchors, p, n].add(count)
+
+
+def _inverse_cdf_sample(key: Array, weights: Array, k: int) -> Array:
+    """k draws per row from the unnormalised row distributions weights [B, M] ([B, k] column indices;
+    rows of zeros give arbitrary indices, to be masked by the caller)."""
+    cdf = jnp.cumsum(weights, axis=1)
+    u = jax.random.uniform(key, (weights.shape[0], k), dtype=weights.dtype) * cdf[:, -1:]
+    idx = jnp.sum(cdf[:, None, :] <= u[:, :, None], axis=-1)
+    return jnp.minimum(idx, weights.shape[1] - 1)
 
 
 def multi_similarity_pairs(
