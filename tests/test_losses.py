@@ -167,9 +167,9 @@ def test_proxy_anchor_sample_mask_equals_dropping_samples():
     emb, labels = _batch(11)
     proxies = np.random.default_rng(12).normal(size=(C, D)).astype(np.float32)
     mask = np.arange(B) < 17
-    sim = cosine(jnp.asarray(emb), jnp.asarray(proxies))
-    full = losses.proxy_anchor(sim, jnp.asarray(labels), sample_mask=jnp.asarray(mask))
-    dropped = losses.proxy_anchor(sim[:17], jnp.asarray(labels[:17]))
+    sim = np.asarray(cosine(jnp.asarray(emb), jnp.asarray(proxies)))
+    full = jax.jit(losses.proxy_anchor)(sim, jnp.asarray(labels), sample_mask=jnp.asarray(mask))
+    dropped = jax.jit(losses.proxy_anchor)(sim[:17], jnp.asarray(labels[:17]))
     np.testing.assert_allclose(full, dropped, rtol=1e-6)
 
 
@@ -357,39 +357,6 @@ def test_multi_similarity_hand_computed():
     )
 
 
-SINGLE_CLASS = np.zeros(8, np.int64)
-SINGLETONS = np.arange(8)
-
-
-def _all_pair_losses(e, y):
-    s = cosine(e, e)
-    d = chord_distance(s)
-    return jnp.stack([
-        losses.contrastive(d, y),
-        losses.triplet_margin(d, y, triplets=mining.semihard_mask(d, y)),
-        losses.margin_loss(d, y),
-        losses.multi_similarity(s, y),
-        losses.npair(s, y),
-        losses.fast_ap(d ** 2, y),
-    ])
-
-
-_pair_losses_and_grad = jax.jit(
-    lambda e, y: (_all_pair_losses(e, y), jax.grad(lambda e_: jnp.sum(_all_pair_losses(e_, y)))(e))
-)
-
-
-@pytest.mark.parametrize("labels", [SINGLE_CLASS, SINGLETONS], ids=["one_class", "all_singletons"])
-def test_pair_losses_degenerate_batches_are_zero_or_finite(labels):
-    emb = jnp.asarray(np.random.default_rng(0).normal(size=(8, 5)).astype(np.float32))
-    values, grads = _pair_losses_and_grad(emb, jnp.asarray(labels))
-    assert np.all(np.isfinite(values)) and np.all(np.isfinite(grads))
-    # no triplets in either batch; no positives among singletons
-    assert float(values[1]) == 0.0 and float(values[2]) == 0.0
-    if labels is SINGLETONS:
-        assert float(values[4]) == 0.0 and float(values[5]) == 0.0
-
-
 # ----------------------------------------------------------------------------------------------------
 # Finite values and gradients for any similarity: every loss on adversarial matrices (hypothesis)
 
@@ -445,3 +412,22 @@ def test_every_loss_is_finite_with_finite_gradient_on_adversarial_matrices(sim_p
                                             jax.random.key(seed))
     assert np.all(np.isfinite(np.asarray(values)))
     assert np.all(np.isfinite(np.asarray(j_p))) and np.all(np.isfinite(np.asarray(j_pp)))
+
+
+@pytest.mark.parametrize("kind", ["one_class", "singletons"])
+def test_degenerate_batches_give_zero_for_terms_without_pairs(kind):
+    rng = np.random.default_rng(0)
+    labels = np.zeros(NB, np.int32) if kind == "one_class" else np.arange(NB, dtype=np.int32)
+    sim_p = rng.uniform(-1, 1, size=(NB, NC * K)).astype(np.float32)
+    sim_pp = rng.uniform(-1, 1, size=(NB, NB)).astype(np.float32)
+    values, _ = _losses_and_grads(jnp.asarray(sim_p), jnp.asarray(sim_pp), jnp.asarray(labels), jax.random.key(0))
+    values = np.asarray(values)
+    assert np.all(np.isfinite(values))
+    # no triplets in either batch: triplet (semi-hard, batch-hard) and margin losses are 0
+    np.testing.assert_array_equal(values[[7, 8, 9, 10]], 0.0)
+    if kind == "singletons":  # no positive pairs: N-pair and FastAP are 0; contrastive has only negatives
+        np.testing.assert_array_equal(values[[12, 13]], 0.0)
+        neg = np.maximum(1.0 - np.abs(sim_pp)[~np.eye(NB, dtype=bool)], 0.0)  # relu(neg_margin - d)
+        np.testing.assert_allclose(values[6], neg[neg > 0].mean(), rtol=1e-5)
+    else:  # one class: no negatives; multi-similarity keeps no pairs (its miner needs negatives)
+        np.testing.assert_array_equal(values[11], 0.0)
