@@ -82,11 +82,19 @@ def _env():
     return {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "PYTHONPATH": ROOT}
 
 
+@pytest.fixture(scope="module")
+def uninterrupted_cli_metrics(digits_data_dir, tmp_path_factory):
+    """final_metrics.json of the small CLI run without interruption (shared by the kill tests)."""
+    workdir = tmp_path_factory.mktemp("ref") / "run"
+    ref = subprocess.run(_cli(workdir, digits_data_dir), cwd=ROOT, env=_env(), capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    with open(workdir / "final_metrics.json") as f:
+        return json.load(f)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_killed_cli_run_resumes_to_the_same_final_metrics(digits_data_dir, tmp_path, sig):
-    ref = subprocess.run(_cli(tmp_path / "ref", digits_data_dir), cwd=ROOT, env=_env(), capture_output=True, text=True)
-    assert ref.returncode == 0, ref.stderr[-2000:]
+def test_killed_cli_run_resumes_to_the_same_final_metrics(digits_data_dir, uninterrupted_cli_metrics, tmp_path, sig):
     work = tmp_path / "killed"
     proc = subprocess.Popen(_cli(work, digits_data_dir), cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     ckpts = work / "checkpoints"
@@ -104,5 +112,5 @@ def test_killed_cli_run_resumes_to_the_same_final_metrics(digits_data_dir, tmp_p
     again = subprocess.run(_cli(work, digits_data_dir), cwd=ROOT, env=_env(), capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "resumed from checkpoint at step" in again.stdout
-    with open(tmp_path / "ref" / "final_metrics.json") as f, open(work / "final_metrics.json") as g:
-        assert json.load(f) == json.load(g)
+    with open(work / "final_metrics.json") as g:
+        assert json.load(g) == uninterrupted_cli_metrics
