@@ -8,7 +8,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax
 import flax.linen as nn
@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from probdml import checkpointing, data, evaluate, models, objective, writers
+from probdml import checkpointing, data, evaluate, models, objective, optim, parallel, writers
 from probdml.errors import ConfigError, unknown_choice
 
 Array = jax.Array
@@ -35,63 +35,6 @@ class TrainState:
     params: dict
     opt_state: Any
     batch_stats: dict
-
-
-OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
-    "adamw": lambda lr, wd: optax.adamw(lr, weight_decay=wd),
-    "adam": lambda lr, wd: optax.chain(optax.add_decayed_weights(wd), optax.adam(lr)),
-    "sgd": lambda lr, wd: optax.chain(optax.add_decayed_weights(wd), optax.sgd(lr, momentum=0.9)),
-}
-SCHEDULES = ("constant", "step", "cosine")
-
-
-def param_groups(params: dict) -> dict:
-    """Optimizer group label of every parameter leaf: 'model' for the network, and for the loss
-    parameters the top-level key of `params['loss']` (e.g. 'proxies')."""
-    return {
-        "model": jax.tree.map(lambda _: "model", params["model"]),
-        "loss": {group: jax.tree.map(lambda _, g=group: g, sub) for group, sub in params["loss"].items()},
-    }
-
-
-def learning_rate_schedule(optim_cfg: ml_collections.ConfigDict, base_lr: float) -> optax.Schedule:
-    """constant; step: lr * gamma^(number of boundaries passed) at optim_cfg.boundaries (in steps);
-    cosine: cosine decay to 0 over optim_cfg.decay_steps."""
-    name = optim_cfg.get("schedule", "constant")
-    if name == "constant":
-        return optax.constant_schedule(base_lr)
-    if name == "step":
-        return optax.piecewise_constant_schedule(
-            base_lr, {int(b): float(optim_cfg.gamma) for b in optim_cfg.boundaries}
-        )
-    if name == "cosine":
-        return optax.cosine_decay_schedule(base_lr, int(optim_cfg.decay_steps))
-    raise unknown_choice("learning-rate schedule", name, SCHEDULES)
-
-
-def make_optimizer(optim_cfg: ml_collections.ConfigDict, params: dict) -> optax.GradientTransformation:
-    """Per-group optimizer: `optim_cfg.name` with learning rate lr * lr_mults[group] (0 freezes a
-    group), optional element-wise gradient clipping by value before the update."""
-    if optim_cfg.name not in OPTIMIZERS:
-        raise unknown_choice("optimizer", optim_cfg.name, OPTIMIZERS)
-    labels = param_groups(params)
-    groups = set(jax.tree.leaves(labels))
-    mults = dict(optim_cfg.get("lr_mults", {}))
-    unknown = sorted(set(mults) - groups)
-    if unknown:
-        raise ConfigError(f"optim.lr_mults names unknown parameter group {unknown[0]!r}; valid: {', '.join(sorted(groups))}")
-    transforms = {}
-    for group in groups:
-        mult = float(mults.get(group, 1.0))
-        if mult == 0.0:
-            transforms[group] = optax.set_to_zero()
-        else:
-            lr = learning_rate_schedule(optim_cfg, optim_cfg.learning_rate * mult)
-            transforms[group] = OPTIMIZERS[optim_cfg.name](lr, optim_cfg.weight_decay)
-    tx = optax.multi_transform(transforms, labels)
-    if optim_cfg.get("grad_clip_value"):
-        tx = optax.chain(optax.clip(float(optim_cfg.grad_clip_value)), tx)
-    return tx
 
 
 def make_train_step(model: nn.Module, obj: objective.Objective, tx: optax.GradientTransformation, seed: int):
@@ -116,6 +59,44 @@ def make_train_step(model: nn.Module, obj: objective.Objective, tx: optax.Gradie
     return train_step
 
 
+class Setup(NamedTuple):
+    """A model, its objective and optimizer, the initial (replicated) state and the jitted step."""
+
+    model: nn.Module
+    objective: objective.Objective
+    tx: optax.GradientTransformation
+    state: TrainState
+    train_step: Callable[[TrainState, dict], tuple[TrainState, dict]]
+
+
+def create_setup(
+    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, num_classes: int, image_shape: tuple[int, ...]
+) -> Setup:
+    """Build the model, objective and optimizer from `config`, initialise the state from
+    `config.seed` (replicated over `mesh`), and jit the train step with the batch sharded over the
+    mesh's 'data' axis and the state donated."""
+    model = models.build_model(config.model)
+    obj = objective.build_objective(config.loss, num_classes, config.model.embed_dim)
+    init_key, loss_key = jax.random.split(jax.random.key(config.seed))
+    variables = model.init(init_key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+    params = {"model": variables["params"], "loss": obj.init(loss_key)}
+    tx = optim.make_optimizer(config.optim, params)
+    state = TrainState(
+        step=jnp.asarray(0, jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        batch_stats=variables.get("batch_stats", {}),
+    )
+    replicated, batch_sharded = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    train_step = jax.jit(
+        make_train_step(model, obj, tx, config.seed),
+        in_shardings=(replicated, batch_sharded),
+        out_shardings=(replicated, replicated),
+        donate_argnums=0,
+    )
+    return Setup(model, obj, tx, parallel.replicate(mesh, state), train_step)
+
+
 def validate_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Fail early, with a one-line ConfigError, on names and paths that cannot work."""
     parent = os.path.dirname(os.path.abspath(workdir))
@@ -128,10 +109,7 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str) -> None:
         raise unknown_choice("model", config.model.name, models.MODELS)
     if config.loss.name not in objective.LOSSES:
         raise unknown_choice("loss", config.loss.name, objective.LOSSES)
-    if config.optim.name not in OPTIMIZERS:
-        raise unknown_choice("optimizer", config.optim.name, OPTIMIZERS)
-    if config.optim.get("schedule", "constant") not in SCHEDULES:
-        raise unknown_choice("learning-rate schedule", config.optim.schedule, SCHEDULES)
+    optim.validate(config.optim)
 
 
 class _Preemption:
@@ -165,36 +143,30 @@ def _progress(total: int, initial: int):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Train `config` in `workdir` (resuming from its latest checkpoint) and return the final metrics.
 
-    Writes checkpoints to <workdir>/checkpoints, TensorBoard events and metrics.jsonl to <workdir>,
-    and the final evaluation to <workdir>/final_metrics.json.
+    Data parallel over `config.num_devices` devices (0 = all) with the global batch sharded along a
+    1-D mesh. Process 0 writes TensorBoard events and metrics.jsonl to <workdir> and the final
+    evaluation to <workdir>/final_metrics.json; all processes take part in checkpointing
+    (<workdir>/checkpoints).
     """
+    parallel.initialize_distributed(config.get("distributed"))
     validate_config(config, workdir)
+    mesh = parallel.make_mesh(config.get("num_devices", 0))
+    parallel.check_batch_size(config.data.batch_size, mesh)
+    parallel.check_batch_size(config.eval.batch_size, mesh, "eval batch size")
+    lead = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
     train_ds = data.load_split(config.data, "train")
     test_ds = data.load_split(config.data, "test")
-    model = models.build_model(config.model)
-    obj = objective.build_objective(config.loss, train_ds.num_classes, config.model.embed_dim)
+    setup = create_setup(config, mesh, train_ds.num_classes, train_ds.images.shape[1:])
+    model, state, train_step = setup.model, setup.state, setup.train_step
 
-    init_key, loss_key = jax.random.split(jax.random.key(config.seed))
-    sample = np.zeros((1, *train_ds.images.shape[1:]), np.float32)
-    variables = model.init(init_key, sample, train=False)
-    params = {"model": variables["params"], "loss": obj.init(loss_key)}
-    tx = make_optimizer(config.optim, params)
-    state = TrainState(
-        step=jnp.asarray(0, jnp.int32),
-        params=params,
-        opt_state=tx.init(params),
-        batch_stats=variables.get("batch_stats", {}),
-    )
-
-    mngr = checkpointing.manager(workdir, config.keep_checkpoints)
+    best_metric = config.get("checkpoint_best_metric", "")
+    mngr = checkpointing.manager(workdir, config.keep_checkpoints, best_metric)
     restored = checkpointing.restore_latest(mngr, state)
     if restored is not None:
         state = restored
         writers.log(f"resumed from checkpoint at step {int(state.step)}")
     start = int(state.step)
-
-    train_step = jax.jit(make_train_step(model, obj, tx, config.seed), donate_argnums=0)
 
     @jax.jit
     def apply_eval(params, batch_stats, images):
@@ -207,24 +179,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             config.data,
             test_ds,
             config.eval.batch_size,
+            mesh,
         )
         return evaluate.retrieval(outputs, test_ds.labels, config.eval)
 
-    writer = writers.MetricWriter(workdir)
+    writer = writers.MetricWriter(workdir) if lead else None
     batches = data.pipeline.train_batches(config.data, train_ds, config.seed, start)
     num_steps = config.num_steps
     writers.log(
         f"training {config.loss.name} on {config.data.name}: {len(train_ds)} train images "
         f"({train_ds.num_classes} classes), {len(test_ds)} test images ({test_ds.num_classes} classes), "
-        f"steps {start} -> {num_steps}"
+        f"{mesh.devices.size} device(s), steps {start} -> {num_steps}"
     )
-    bar = _progress(num_steps, start)
+    bar = _progress(num_steps, start) if lead else None
     t0, last_step = time.perf_counter(), start
     eval_metrics: dict[str, float] = {}
     with _Preemption() as preemption:
         for step in range(start + 1, num_steps + 1):
-            state, step_metrics = train_step(state, next(batches))
-            bar.update(1)
+            state, step_metrics = train_step(state, parallel.global_batch(mesh, _host_local(next(batches))))
+            if bar is not None:
+                bar.update(1)
             if step % config.log_every == 0 or step == num_steps:
                 scalars = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
                 if not all(np.isfinite(v) for v in scalars.values()):
@@ -232,26 +206,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 rate = (step - last_step) / max(time.perf_counter() - t0, 1e-9)
                 t0, last_step = time.perf_counter(), step
                 eta = (num_steps - step) / max(rate, 1e-9)
-                writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()} | {"train/steps_per_sec": rate})
+                if writer is not None:
+                    writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()} | {"train/steps_per_sec": rate})
                 writers.log(f"step {step}/{num_steps}  {writers.format_scalars(scalars)}  {rate:.1f} steps/s  ETA {eta:.0f}s")
-            if step % config.eval_every == 0 or step == num_steps:
+            evaluated = step % config.eval_every == 0 or step == num_steps
+            if evaluated:
                 eval_metrics = run_eval(state)
-                writer.write_scalars(step, {f"test/{k}": v for k, v in eval_metrics.items()})
+                if writer is not None:
+                    writer.write_scalars(step, {f"test/{k}": v for k, v in eval_metrics.items()})
                 writers.log(f"eval step {step}  {writers.format_scalars(eval_metrics)}")
             if step % config.checkpoint_every == 0 or step == num_steps or preemption.requested:
-                checkpointing.save(mngr, step, state)
+                ckpt_metrics = {f"test/{k}": v for k, v in eval_metrics.items()} if evaluated else None
+                checkpointing.save(mngr, step, state, ckpt_metrics)
             if preemption.requested:
                 mngr.wait_until_finished()
-                bar.close()
-                writer.close()
+                if bar is not None:
+                    bar.close()
+                if writer is not None:
+                    writer.close()
                 writers.log(f"SIGTERM: saved a checkpoint at step {step}; rerun the same command to resume")
                 raise SystemExit(143)
-    bar.close()
+    if bar is not None:
+        bar.close()
     mngr.wait_until_finished()
     mngr.close()
     if not eval_metrics:
         eval_metrics = run_eval(state)
-    writer.close()
-    with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
-        json.dump({"step": int(state.step), **eval_metrics}, f, indent=1)
+    if writer is not None:
+        writer.close()
+        with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
+            json.dump({"step": int(state.step), **eval_metrics}, f, indent=1)
     return eval_metrics
+
+
+def _host_local(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """This process's contiguous share of the rows of a global batch."""
+    n, p = jax.process_count(), jax.process_index()
+    if n == 1:
+        return batch
+    rows = len(next(iter(batch.values()))) // n
+    return {k: v[p * rows : (p + 1) * rows] for k, v in batch.items()}
