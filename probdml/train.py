@@ -215,7 +215,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 if writer is not None:
                     writer.write_scalars(step, {f"test/{k}": v for k, v in eval_metrics.items()})
                 writers.log(f"eval step {step}  {writers.format_scalars(eval_metrics)}")
-            if step % config.checkpoint_every == 0 or step == num_steps or preemption.requested:
+            track_best = evaluated and bool(best_metric)
+            if step % config.checkpoint_every == 0 or step == num_steps or track_best or preemption.requested:
                 ckpt_metrics = {f"test/{k}": v for k, v in eval_metrics.items()} if evaluated else None
                 checkpointing.save(mngr, step, state, ckpt_metrics)
             if preemption.requested:

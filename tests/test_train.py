@@ -34,7 +34,8 @@ def test_train_and_evaluate_writes_everything_and_is_reproducible(tiny_config, t
     assert a["recall@1"] <= a["recall@2"] <= a["recall@4"] <= a["recall@8"]
     files = os.listdir(tmp_path / "a")
     assert any(f.startswith("events.out.tfevents") for f in files)
-    assert sorted(os.listdir(tmp_path / "a" / "checkpoints")) == ["12", "4", "8"]
+    # every 4 steps and at each evaluation (6, 12) for keep-best; the newest 3 plus the best remain
+    assert sorted(os.listdir(tmp_path / "a" / "checkpoints"), key=int) == ["6", "8", "12"]
     lines = [json.loads(l) for l in open(tmp_path / "a" / "metrics.jsonl")]
     assert {l["step"] for l in lines if "test/recall@1" in l} == {6, 12}
     with open(tmp_path / "a" / "final_metrics.json") as f:
