@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -19,13 +22,52 @@ OPTIMIZERS: dict[str, Callable[[optax.ScalarOrSchedule, float], optax.GradientTr
 SCHEDULES = ("constant", "step", "cosine")
 
 
-def param_groups(params: dict) -> dict:
-    """Group label of every parameter leaf: 'model' for the network, and for the loss parameters
-    the top-level key of `params['loss']` (e.g. 'proxies')."""
+def _path_str(path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+
+
+def param_groups(params: dict, model_groups: dict[str, str] | None = None) -> dict:
+    """Group label of every parameter leaf.
+
+    Network parameters: the name of the `model_groups` entry whose regular expression matches the
+    parameter's path (e.g. 'backbone/layer1/0/conv1/kernel') in full, else 'model'; a path matching
+    two patterns is an error. Loss parameters: the top-level key of `params['loss']` (e.g. 'proxies').
+    """
+    patterns = {name: re.compile(rx) for name, rx in (model_groups or {}).items()}
+
+    def model_label(path, _):
+        p = _path_str(path)
+        hits = [name for name, rx in patterns.items() if rx.fullmatch(p)]
+        if len(hits) > 1:
+            raise ConfigError(f"parameter {p!r} matches several optim.model_groups: {', '.join(hits)}")
+        return hits[0] if hits else "model"
+
     return {
-        "model": jax.tree.map(lambda _: "model", params["model"]),
+        "model": jax.tree_util.tree_map_with_path(model_label, params["model"]),
         "loss": {group: jax.tree.map(lambda _, g=group: g, sub) for group, sub in params["loss"].items()},
     }
+
+
+class DelayedState(NamedTuple):
+    count: jax.Array
+    inner_state: optax.OptState
+
+
+def delayed(inner: optax.GradientTransformation, start_step: int) -> optax.GradientTransformation:
+    """`inner` frozen for the first `start_step` updates: zero updates and its state untouched, as a
+    torch parameter with requires_grad=False (optimizer state created lazily at the first real step)."""
+
+    def init(params):
+        return DelayedState(jnp.zeros([], jnp.int32), inner.init(params))
+
+    def update(updates, state, params=None):
+        new_updates, new_inner = inner.update(updates, state.inner_state, params)
+        active = state.count >= start_step
+        new_updates = jax.tree.map(lambda u: jnp.where(active, u, jnp.zeros_like(u)), new_updates)
+        new_inner = jax.tree.map(lambda a, b: jnp.where(active, a, b), new_inner, state.inner_state)
+        return new_updates, DelayedState(state.count + 1, new_inner)
+
+    return optax.GradientTransformation(init, update)
 
 
 def learning_rate_schedule(optim_cfg: ml_collections.ConfigDict, base_lr: float) -> optax.Schedule:
@@ -49,15 +91,22 @@ def validate(optim_cfg: ml_collections.ConfigDict) -> None:
 
 
 def make_optimizer(optim_cfg: ml_collections.ConfigDict, params: dict) -> optax.GradientTransformation:
-    """`optim_cfg.name` per group with learning rate lr * lr_mults[group] (a multiplier of 0 freezes
-    the group), after optional element-wise gradient clipping to [-grad_clip_value, grad_clip_value]."""
+    """`optim_cfg.name` per parameter group (see `param_groups`, `optim_cfg.model_groups`) with
+    learning rate lr * lr_mults[group] (a multiplier of 0 freezes the group for good), groups in
+    `frozen_until` ({group: step}) frozen for that many steps (warm-up), after optional element-wise
+    gradient clipping to [-grad_clip_value, grad_clip_value]; with `skip_nonfinite_updates`, a step
+    whose gradients are not finite leaves the parameters unchanged (optax.apply_if_finite)."""
     validate(optim_cfg)
-    labels = param_groups(params)
+    labels = param_groups(params, dict(optim_cfg.get("model_groups", {})))
     groups = set(jax.tree.leaves(labels))
     mults = dict(optim_cfg.get("lr_mults", {}))
-    unknown = sorted(set(mults) - groups)
-    if unknown:
-        raise ConfigError(f"optim.lr_mults names unknown parameter group {unknown[0]!r}; valid: {', '.join(sorted(groups))}")
+    frozen_until = dict(optim_cfg.get("frozen_until", {}))
+    for field, names in (("lr_mults", mults), ("frozen_until", frozen_until)):
+        unknown = sorted(set(names) - groups)
+        if unknown:
+            raise ConfigError(
+                f"optim.{field} names unknown parameter group {unknown[0]!r}; valid: {', '.join(sorted(groups))}"
+            )
     transforms = {}
     for group in sorted(groups):
         mult = float(mults.get(group, 1.0))
@@ -66,7 +115,11 @@ def make_optimizer(optim_cfg: ml_collections.ConfigDict, params: dict) -> optax.
         else:
             lr = learning_rate_schedule(optim_cfg, optim_cfg.learning_rate * mult)
             transforms[group] = OPTIMIZERS[optim_cfg.name](lr, optim_cfg.weight_decay)
+            if frozen_until.get(group, 0) > 0:
+                transforms[group] = delayed(transforms[group], int(frozen_until[group]))
     tx = optax.multi_transform(transforms, labels)
     if optim_cfg.get("grad_clip_value"):
         tx = optax.chain(optax.clip(float(optim_cfg.grad_clip_value)), tx)
+    if optim_cfg.get("skip_nonfinite_updates", False):
+        tx = optax.apply_if_finite(tx, max_consecutive_errors=int(optim_cfg.get("max_consecutive_nonfinite", 10)))
     return tx

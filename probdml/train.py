@@ -37,24 +37,67 @@ class TrainState:
     batch_stats: dict
 
 
-def make_train_step(model: nn.Module, obj: objective.Objective, tx: optax.GradientTransformation, seed: int):
+def mixup(key: Array, images: Array, alpha: float) -> tuple[Array, Array, Array]:
+    """One Mixup draw for the whole batch: lam ~ Beta(alpha, alpha), a random permutation pi,
+    mixed = lam * x + (1 - lam) * x[pi]. Returns (mixed images, lam, pi)."""
+    lam_key, perm_key = jax.random.split(key)
+    lam = jax.random.beta(lam_key, alpha, alpha).astype(images.dtype)
+    perm = jax.random.permutation(perm_key, images.shape[0])
+    return lam * images + (1.0 - lam) * images[perm], lam, perm
+
+
+def make_train_step(
+    model: nn.Module,
+    obj: objective.Objective,
+    tx: optax.GradientTransformation,
+    seed: int,
+    mixup_cfg: ml_collections.ConfigDict | None = None,
+):
     """train_step(state, batch) -> (state, metrics): one optimizer step on a batch
-    {'image': [B, ...], 'label': [B]}; the step's PRNG key is fold_in(key(seed), step)."""
+    {'image': [B, ...], 'label': [B]}; the step's PRNG key is fold_in(key(seed), step).
+
+    With Mixup enabled (the IDML official scheme), the loss is
+    clean_weight * L(f(x), y) + lam * L(f(x_mix), y) + (1 - lam) * L(f(x_mix), y[pi]),
+    x_mix = lam x + (1 - lam) x[pi], one lam ~ Beta(alpha, alpha) and permutation pi per global batch.
+    """
     base_key = jax.random.key(seed)
+    use_mixup = bool(mixup_cfg is not None and mixup_cfg.get("enabled", False))
+
+    def forward(params, batch_stats, images):
+        variables = {"params": params["model"]}
+        if batch_stats:
+            variables["batch_stats"] = batch_stats
+            outputs, updated = model.apply(variables, images, train=True, mutable=["batch_stats"])
+            return outputs, updated["batch_stats"]
+        return model.apply(variables, images, train=True), batch_stats
 
     def loss_fn(params, batch_stats, batch, key):
-        variables = {"params": params["model"], **({"batch_stats": batch_stats} if batch_stats else {})}
-        outputs = model.apply(variables, batch["image"], train=True)
-        loss, aux = obj.apply(params["loss"], outputs, batch["label"], key)
-        return loss, aux
+        loss_key, mix_key, mix_loss_key = jax.random.split(key, 3)
+        outputs, batch_stats = forward(params, batch_stats, batch["image"])
+        loss, aux = obj.apply(params["loss"], outputs, batch["label"], loss_key)
+        if use_mixup:
+            mixed, lam, perm = mixup(mix_key, batch["image"], float(mixup_cfg.alpha))
+            mixed_out, batch_stats = forward(params, batch_stats, mixed)
+            key_a, key_b = jax.random.split(mix_loss_key)
+            loss_a, _ = obj.apply(params["loss"], mixed_out, batch["label"], key_a)
+            loss_b, _ = obj.apply(params["loss"], mixed_out, batch["label"][perm], key_b)
+            clean = loss
+            loss = float(mixup_cfg.get("clean_weight", 1.0)) * clean + lam * loss_a + (1.0 - lam) * loss_b
+            aux = {**aux, "loss_clean": clean, "loss_mixed": lam * loss_a + (1.0 - lam) * loss_b, "mixup_lambda": lam}
+        return loss, (aux, batch_stats)
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         key = jax.random.fold_in(base_key, state.step)
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, state.batch_stats, batch, key)
+        (loss, (aux, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state.batch_stats, batch, key
+        )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-        return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, batch_stats=batch_stats)
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
+        if isinstance(opt_state, optax.ApplyIfFiniteState):
+            metrics["skipped_steps"] = opt_state.total_notfinite
+        return new_state, metrics
 
     return train_step
 
@@ -89,7 +132,7 @@ def create_setup(
     )
     replicated, batch_sharded = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     train_step = jax.jit(
-        make_train_step(model, obj, tx, config.seed),
+        make_train_step(model, obj, tx, config.seed, config.get("mixup")),
         in_shardings=(replicated, batch_sharded),
         out_shardings=(replicated, replicated),
         donate_argnums=0,
