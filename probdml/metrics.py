@@ -356,7 +356,8 @@ def metrics_from_neighbors(
     * ``map``: (1/R) sum_{i<=K} P(i) rel(i) over all K retrieved, non-lone (PML ``mean_average_precision``).
     * ``mrr``: 1 / rank of the first same-label neighbour among the K retrieved, non-lone.
     * ``map_c``: (1/n) sum_{i<=n} P(i) rel(i), n = references with the query's label (the class
-      size including the query under self-retrieval), all queries (RDML/PDML ``mAP_c``).
+      size including the query under self-retrieval), all queries, 0 when n = 0 (RDML/PDML
+      ``mAP_c``).
     * ``map_1000``, ``map_lim``: the same sum over the top 1000 / 1023 neighbours, divided by n
       (RDML ``mAP_1000``, ``mAP_lim``).
     * ``idml_recall@K``: IDML's recall@K, which retrieves only min(1023, largest n) neighbours,
@@ -411,11 +412,12 @@ def metrics_from_neighbors(
         out["map"] = agg(average_precision(same, np.full_like(r, same.shape[1]), r), not_lone)
     if "mrr" in include:
         out["mrr"] = agg(reciprocal_rank(same), not_lone)
+    n = np.maximum(counts, 1)
     if "map_c" in include:
-        out["map_c"] = agg(average_precision(same, counts, counts), everyone)
+        out["map_c"] = agg(average_precision(same, counts, n), everyone)
     for name, depth in (("map_1000", 1000), ("map_lim", 1023)):
         if name in include:
-            out[name] = agg(average_precision(same, np.full_like(counts, depth), counts), everyone)
+            out[name] = agg(average_precision(same, np.full_like(counts, depth), n), everyone)
     return out
 
 
