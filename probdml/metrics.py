@@ -22,6 +22,7 @@ wrong nearest neighbour, and recall@1 as a function of the fraction of rejected 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+import functools
 from functools import partial
 from typing import Any
 
@@ -81,24 +82,42 @@ def _scores(metric: str | SimilarityFn, q: Any, r: Any, precision: Any) -> jax.A
     return jnp.matmul(q, r.T, precision=precision)
 
 
-def _merge_block(metric, k, precision, q, q_ref_index, r, r_start, n_ref, run_s, run_i):
+def _merge_block(metric, k, precision, exclude_self, mask_padding, q, q_ref_index, r, r_start, n_ref, run_s, run_i):
     """One (query block, reference block) step of the running top-k.
 
-    Excluded pairs (padding, self-matches) score -inf. The running list holds lower reference
-    indices than the new block and comes first in the concatenation, and `lax.top_k` puts the
-    lower position first among equal values, so ties are always broken by the lower index.
+    Padding references (only in the last block, `mask_padding`) score -inf before the block's
+    top-k. The self-match is removed after it: the block's top-(k+1) holds the top-k of the
+    block without the query, and the query's own entry, if there, is set to -inf. The running
+    list holds lower reference indices than the new block and comes first in the concatenation,
+    and `lax.top_k` puts the lower position first among equal values, so ties are always
+    broken by the lower index.
     """
     q = _prepare(metric, q)
     s = _scores(metric, q, r, precision)
     br = s.shape[1]
-    r_index = r_start + jnp.arange(br, dtype=jnp.int32)
-    excluded = (r_index[None, :] >= n_ref) | (r_index[None, :] == q_ref_index[:, None])
-    s = jnp.where(excluded, jnp.array(-jnp.inf, s.dtype), s)
-    block_s, block_pos = jax.lax.top_k(s, min(k, br))
+    if mask_padding:
+        s = jnp.where(r_start + jnp.arange(br, dtype=jnp.int32)[None, :] >= n_ref, jnp.array(-jnp.inf, s.dtype), s)
+    block_s, block_pos = jax.lax.top_k(s, min(k + int(exclude_self), br))
+    block_i = block_pos.astype(jnp.int32) + r_start
+    if exclude_self:
+        block_s = jnp.where(block_i == q_ref_index[:, None], jnp.array(-jnp.inf, s.dtype), block_s)
     cand_s = jnp.concatenate([run_s.astype(s.dtype), block_s], axis=1)
-    cand_i = jnp.concatenate([run_i, block_pos.astype(jnp.int32) + r_start], axis=1)
+    cand_i = jnp.concatenate([run_i, block_i], axis=1)
     top_s, top_pos = jax.lax.top_k(cand_s, k)
     return top_s, jnp.take_along_axis(cand_i, top_pos, axis=1)
+
+
+@functools.lru_cache(maxsize=32)
+def _prepare_fn(metric, mesh):
+    return jax.jit(partial(_prepare, metric), out_shardings=NamedSharding(mesh, P()))
+
+
+@functools.lru_cache(maxsize=64)
+def _step_fn(metric, k, precision, exclude_self, mask_padding, mesh):
+    """The jitted, query-sharded `_merge_block` (cached, so repeated evaluations compile once)."""
+    local = partial(_merge_block, metric, k, precision, exclude_self, mask_padding)
+    specs = (P("data"), P("data"), P(), P(), P(), P("data"), P("data"))
+    return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=(P("data"), P("data"))))
 
 
 def _leading_dim(tree: Any, name: str) -> int:
@@ -183,19 +202,13 @@ def knn(
     n_qb = -(-n_q // block_size)
     bq = _round_up(-(-n_q // n_qb), 8 * n_dev)
     n_rb = -(-n_ref // ref_block_size)
-    br = max(_round_up(-(-n_ref // n_rb), 128), min(k, _round_up(n_ref, 128)))
+    br = -(-n_ref // n_rb)
     n_rb = -(-n_ref // br)
+    padded = n_rb * br > n_ref
 
-    prepare = jax.jit(partial(_prepare, metric), out_shardings=repl)
+    prepare = _prepare_fn(metric, mesh)
     ref_blocks = [prepare(jax.device_put(_pad_rows(references, b * br, br), repl)) for b in range(n_rb)]
-    step = jax.jit(
-        jax.shard_map(
-            partial(_merge_block, metric, k, precision),
-            mesh=mesh,
-            in_specs=(P("data"), P("data"), P(), P(), P(), P("data"), P("data")),
-            out_specs=(P("data"), P("data")),
-        )
-    )
+    steps = [_step_fn(metric, k, precision, ref_includes_query, mask, mesh) for mask in (False, True)]
     n_ref_arr = jax.device_put(np.int32(n_ref), repl)
     starts = [jax.device_put(np.int32(b * br), repl) for b in range(n_rb)]
     dtype = jax.eval_shape(lambda x: _scores(metric, _prepare(metric, x), ref_blocks[0], precision), _pad_rows(queries, 0, bq)).dtype
@@ -208,6 +221,7 @@ def knn(
         run_s = jax.device_put(np.full((bq, k), -np.inf, dtype), rows)
         run_i = jax.device_put(np.full((bq, k), -1, np.int32), rows)
         for rb in range(n_rb):
+            step = steps[padded and rb == n_rb - 1]
             run_s, run_i = step(q, q_ref_index, ref_blocks[rb], starts[rb], n_ref_arr, run_s, run_i)
         out_s.append(run_s)
         out_i.append(run_i)
@@ -590,9 +604,9 @@ def kmeans(
         for _ in range(max_iter):
             _, _, sums, cnt = _assign(xp, centroids, n_valid, block)
             new = jnp.where(cnt[:, None] > 0, sums / jnp.maximum(cnt, 1)[:, None], centroids)
-            shift = float(jnp.sum((new - centroids) ** 2))
+            converged = tol > 0 and float(jnp.sum((new - centroids) ** 2)) <= threshold
             centroids = new
-            if shift <= threshold and tol > 0:
+            if converged:
                 break
         a, dist, _, _ = _assign(xp, centroids, n_valid, block)
         inertia = float(jnp.sum(dist))
