@@ -296,10 +296,11 @@ def merge_pretrained(
     the backbone sits at the module path `at` inside each collection (e.g. "backbone" or
     ("encoder", "resnet"); () for a bare ResNet). Every backbone leaf must exist in
     `pretrained` with the same shape, else ValueError naming the first missing or
-    mis-shaped one (network order). Pretrained entries that the backbone lacks are an
-    error too (an architecture mismatch), except top-level modules in `allow_unused`
-    (by default the ImageNet classifier `fc`). Leaves keep the model's dtypes; all
-    other variables are returned unchanged.
+    mis-shaped one: "params" are checked before "batch_stats", paths in natural order
+    (digit runs compare as numbers, so "layer3_9" precedes "layer3_10"). Pretrained
+    entries that the backbone lacks are an error too (an architecture mismatch), except
+    top-level modules in `allow_unused` (by default the ImageNet classifier `fc`).
+    Leaves keep the model's dtypes; all other variables are returned unchanged.
     """
     at = (at,) if isinstance(at, str) else tuple(at)
     merged = {c: v for c, v in variables.items()}
@@ -314,7 +315,8 @@ def merge_pretrained(
         source = traverse_util.flatten_dict(pretrained.get(collection, {}))
         target = traverse_util.flatten_dict(subtree)
         new = {}
-        for path, leaf in target.items():
+        for path in sorted(target, key=_natural_key):
+            leaf = target[path]
             name = "/".join((collection, *path))
             model_name = "/".join((collection, *at, *path))
             if path not in source:
@@ -326,7 +328,7 @@ def merge_pretrained(
                     f"but the model's {model_name!r} has shape {tuple(leaf.shape)}"
                 )
             new[path] = np.asarray(value).astype(leaf.dtype)
-        for path in source:
+        for path in sorted(source, key=_natural_key):
             if path not in target and path[0] not in allow_unused:
                 raise ValueError(
                     f"pretrained parameter {'/'.join((collection, *path))!r} has no place in the model "
@@ -334,6 +336,11 @@ def merge_pretrained(
                 )
         merged[collection] = _replace_at(variables[collection], at, traverse_util.unflatten_dict(new))
     return merged
+
+
+def _natural_key(path: tuple[str, ...]) -> tuple[tuple[Any, ...], ...]:
+    """Sort key ordering "layer3_10" after "layer3_9" (digit runs compare as integers)."""
+    return tuple(tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(p))) for p in path)
 
 
 def _replace_at(tree: Mapping[str, Any], at: tuple[str, ...], value: Any) -> Any:

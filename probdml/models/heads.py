@@ -10,8 +10,8 @@ Three heads, shared by the IDML and EL-nivMF methods:
   scaled by an initial norm multiplier m; no normalisation, since the norm ||z|| is the
   vMF concentration (EL-nivMF spec 6).
 
-All heads expose their parameters as `kernel` [in, out] and `bias` [out], the layout of
-`flax.linen.Dense`.
+Each head keeps its parameters in a submodule `dense` as `kernel` [in, out] and `bias`
+[out] (the `flax.linen.Dense` layout; a torch `nn.Linear` weight is the transposed kernel).
 """
 
 from __future__ import annotations
