@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from flax import traverse_util
-from torch_resnet import pooled_features, randomize, torch_resnet
+from tests.torch_resnet import pooled_features, randomize, torch_resnet
 
 from probdml.models import convert, resnet
 from probdml.models.heads import SemanticHead

@@ -11,7 +11,7 @@ import optax
 import pytest
 import torch
 from flax import traverse_util
-from torch_resnet import feature_map, pooled_features, randomize, torch_resnet
+from tests.torch_resnet import feature_map, pooled_features, randomize, torch_resnet
 
 from probdml.models import resnet
 from probdml.models.convert import convert_state_dict
