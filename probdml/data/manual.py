@@ -52,7 +52,8 @@ def iter_files(dl_manager: tfds.download.DownloadManager, source: epath.Path) ->
     top-level folder. Folders are walked in sorted order; archives in their stored order.
     """
     if source.is_dir():
-        for path in sorted(p for p in source.rglob("*") if p.is_file()):
+        files = [epath.Path(root) / name for root, _, names in source.walk() for name in names]
+        for path in sorted(files):
             rel = path.relative_to(source.parent).as_posix()
             with path.open("rb") as f:
                 yield rel, f
