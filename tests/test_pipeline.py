@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import math
+import random
 
 import ml_collections
 import numpy as np
@@ -122,14 +124,50 @@ def test_tensorflow_sees_no_gpu():
     assert _tf().config.get_visible_devices("GPU") == []
 
 
-def test_random_resized_crop_windows_stay_in_range():
-    tf, H, W = _tf(), 375, 500
-    window = lambda i: preprocess.random_resized_crop_window(_key(i), H, W, (0.08, 1.0), (3 / 4, 4 / 3))
+def _torchvision_get_params(rng, height, width, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    """torchvision.transforms.RandomResizedCrop.get_params, transcribed with Python's random."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect_ratio = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target_area * aspect_ratio)))
+        h = int(round(math.sqrt(target_area / aspect_ratio)))
+        if 0 < w <= width and 0 < h <= height:
+            return rng.randint(0, height - h), rng.randint(0, width - w), h, w
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+@pytest.mark.parametrize("height, width", [(375, 500), (200, 600)])
+def test_random_resized_crop_windows_follow_torchvision(height, width):
+    """Every window lies inside the image with its area and aspect ratio in range (up to rounding),
+    and the window statistics match torchvision's algorithm run with another generator."""
+    tf, n = _tf(), 3000
+    window = lambda i: preprocess.random_resized_crop_window(_key(i), height, width, (0.08, 1.0), (3 / 4, 4 / 3))
     windows = tf.function(lambda steps: tf.map_fn(window, steps, fn_output_signature=tf.int32))
-    for top, left, h, w in windows(tf.range(300, dtype=tf.int64)).numpy():
-        assert 0 <= top and top + h <= H and 0 <= left and left + w <= W and h > 0 and w > 0
-        assert 0.08 * 0.98 <= h * w / (H * W) <= 1.0
-        assert 3 / 4 * 0.98 <= w / h <= 4 / 3 * 1.02
+    ours = windows(tf.range(n, dtype=tf.int64)).numpy().astype(np.float64)
+    rng = random.Random(0)
+    ref = np.array([_torchvision_get_params(rng, height, width) for _ in range(n)], np.float64)
+    top, left, h, w = ours.T
+    assert np.all((top >= 0) & (top + h <= height) & (left >= 0) & (left + w <= width) & (h > 0) & (w > 0))
+    fitted = (h < height) | (w < width)  # the fallback (whole image or its clamped center) is exempt
+    assert np.all(h * w / (height * width) >= 0.08 * 0.98)
+    assert np.all((w / h)[fitted] >= 3 / 4 * 0.98) and np.all((w / h)[fitted] <= 4 / 3 * 1.02)
+    for stats in (
+        lambda x: x[:, 2] * x[:, 3] / (height * width),  # area fraction
+        lambda x: np.log(x[:, 3] / x[:, 2]),  # log aspect ratio
+        lambda x: x[:, 0] / np.maximum(height - x[:, 2], 1),  # relative vertical offset
+        lambda x: x[:, 1] / np.maximum(width - x[:, 3], 1),  # relative horizontal offset
+    ):
+        a, b = stats(ours), stats(ref)
+        assert abs(a.mean() - b.mean()) < 4 * np.sqrt((a.var() + b.var()) / n) + 1e-3
 
 
 @pytest.mark.parametrize(
@@ -197,6 +235,16 @@ def test_normalization_of_a_uniform_image():
     out = np.asarray(preprocess.train_image(data, _key(0), 16))
     expected = ((np.array([200, 100, 50]) / 255 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225]))
     np.testing.assert_allclose(out.reshape(-1, 3).mean(0), expected, atol=3 / 255 / 0.224)
+
+
+def test_grayscale_jpegs_become_three_equal_channels():
+    gray = np.random.default_rng(1).integers(0, 256, (30, 40), dtype=np.uint8)
+    data = fake_archives.encode(gray, mode="L")
+    for out in (preprocess.train_image(data, _key(0), 16, mean=0.0, std=1.0), preprocess.eval_image(data, 16, 20, 0.0, 1.0)):
+        out = np.asarray(out)
+        assert out.shape == (16, 16, 3)
+        np.testing.assert_array_equal(out[..., 0], out[..., 1])
+        np.testing.assert_array_equal(out[..., 0], out[..., 2])
 
 
 # ---------------------------------------------------------------- pipelines

@@ -1,8 +1,17 @@
 """Datasets: TFDS builders, input pipelines and samplers. `load_split(cfg, split)` by name.
 
-Datasets (`data.name`): 'digits' (scikit-learn's copy, nothing to download), 'cub200', 'cars196',
-'sop' (prepared from the official archives in the TFDS manual directory: `data.manual_dir`, else
-<data_dir>/downloads/manual/; see each builder's MANUAL_DOWNLOAD_INSTRUCTIONS).
+Datasets (`data.name`): 'digits' (scikit-learn's copy, nothing to download), and 'cub200',
+'cars196', 'sop', prepared on first use from the official downloads, which the user puts in the TFDS
+manual directory (`data.manual_dir`, else <data_dir>/downloads/manual/):
+
+  cub200   CUB_200_2011.tgz, or the folder CUB_200_2011/ it extracts to
+  cars196  cars_annos.mat, and car_ims.tgz or the folder car_ims/ it extracts to
+  sop      Stanford_Online_Products.zip, or the folder Stanford_Online_Products/ it extracts to
+
+A missing file raises a ConfigError naming the expected files and the directory searched. The image
+datasets are stored as ArrayRecord files (random access by index; in this TFDS version
+`builder.as_data_source()` reads them and `builder.as_dataset()` does not: pass
+`file_format='tfrecord'` to the builder for a tf.data-only copy).
 
 Splits: 'train' and 'test' are the class-disjoint DML splits. 'train_sub' and 'val' split the
 training classes for model selection without the test set: the classes of 'train' in increasing

@@ -39,10 +39,8 @@ def read_annotations(data: bytes) -> dict[str, dict]:
 def _bbox(box: tuple[int, int, int, int], height: int, width: int) -> tfds.features.BBox:
     """1-based inclusive pixel corners -> normalized [ymin, xmin, ymax, xmax], clipped to [0, 1]."""
     x1, y1, x2, y2 = box
-    clip = lambda v: float(min(max(v, 0.0), 1.0))
-    return tfds.features.BBox(
-        ymin=clip((y1 - 1) / height), xmin=clip((x1 - 1) / width), ymax=clip(y2 / height), xmax=clip(x2 / width)
-    )
+    ymin, xmin, ymax, xmax = np.clip([(y1 - 1) / height, (x1 - 1) / width, y2 / height, x2 / width], 0.0, 1.0)
+    return tfds.features.BBox(ymin=float(ymin), xmin=float(xmin), ymax=float(ymax), xmax=float(xmax))
 
 
 # TFDS ships an image-level `cars196` builder; this one must not shadow it in tfds.builder().
