@@ -192,7 +192,7 @@ def test_cars_image_listed_in_the_annotations_but_missing_is_an_error(tmp_path):
         data.load_split(_cfg("cars196", tmp_path), "train")
 
 
-def test_sop_zip_without_a_split_file_names_it(tmp_path):
+def test_sop_missing_split_file_or_image_is_named(tmp_path):
     fake_archives.write_sop(str(tmp_path / "manual"), {1: 2, 11319: 2}, {1: 1, 11319: 2}, archive=True)
     archive = tmp_path / "manual" / "Stanford_Online_Products.zip"
     with zipfile.ZipFile(archive) as z:
@@ -202,6 +202,11 @@ def test_sop_zip_without_a_split_file_names_it(tmp_path):
             z.writestr(member, payload)
     with pytest.raises(ConfigError, match="Stanford_Online_Products/Ebay_test.txt"):
         data.load_split(_cfg("sop", tmp_path), "test")
+    os.remove(archive)
+    images = fake_archives.write_sop(str(tmp_path / "manual"), {1: 2, 11319: 2}, {1: 1, 11319: 2}, archive=False)
+    os.remove(tmp_path / "manual" / images[0].path)
+    with pytest.raises(ConfigError, match=f"{images[0].path[len('Stanford_Online_Products/'):]}, listed in Ebay_train.txt, is missing"):
+        data.load_split(_cfg("sop", tmp_path), "train")
 
 
 def test_validation_split_is_class_wise_inside_the_training_classes(prepared):

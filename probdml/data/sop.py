@@ -93,8 +93,12 @@ class Sop(tfds.core.GeneratorBasedBuilder):
             except (FileNotFoundError, KeyError) as err:
                 raise manual.missing_files_error(self.name, os.fspath(source), (f"{FOLDER}/{split_file}",)) from err
             for _, class_id, super_class_id, path in parse_split_file(text, split_file):
+                try:
+                    encoded = read(path)
+                except (FileNotFoundError, KeyError) as err:
+                    raise ConfigError(f"{self.name}: {path}, listed in {split_file}, is missing from {source}") from err
                 yield path, {
-                    "image": manual.as_jpeg(read(path)),
+                    "image": manual.as_jpeg(encoded),
                     "label": class_id - 1,
                     "super_class": super_class_id - 1,
                     "image/filename": f"{FOLDER}/{path}",
