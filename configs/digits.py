@@ -52,5 +52,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval = ml_collections.ConfigDict()
     config.eval.ks = (1, 2, 4, 8)
     config.eval.metric = "cosine"
+    config.eval.clustering = True  # also NMI / AMI / pairwise F1 of k-means
     config.eval.batch_size = 512
     return config

@@ -200,7 +200,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     os.makedirs(workdir, exist_ok=True)
     train_ds = data.load_split(config.data, "train")
     test_ds = data.load_split(config.data, "test")
-    setup = create_setup(config, mesh, train_ds.num_classes, train_ds.images.shape[1:])
+    setup = create_setup(config, mesh, train_ds.num_classes, train_ds.image_shape)
     model, state, train_step = setup.model, setup.state, setup.train_step
 
     best_metric = config.get("checkpoint_best_metric", "")
@@ -224,10 +224,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             config.eval.batch_size,
             mesh,
         )
-        return evaluate.retrieval(outputs, test_ds.labels, config.eval)
+        return evaluate.evaluate_outputs(outputs, test_ds.labels, config.eval, mesh)
 
     writer = writers.MetricWriter(workdir) if lead else None
-    batches = data.pipeline.train_batches(config.data, train_ds, config.seed, start)
+    batches = data.pipeline.train_batches(
+        config.data, train_ds, config.seed, start, jax.process_index(), jax.process_count()
+    )
     num_steps = config.num_steps
     writers.log(
         f"training {config.loss.name} on {config.data.name}: {len(train_ds)} train images "
@@ -239,7 +241,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     eval_metrics: dict[str, float] = {}
     with _Preemption() as preemption:
         for step in range(start + 1, num_steps + 1):
-            state, step_metrics = train_step(state, parallel.global_batch(mesh, _host_local(next(batches))))
+            state, step_metrics = train_step(state, parallel.global_batch(mesh, next(batches)))
             if bar is not None:
                 bar.update(1)
             if step % config.log_every == 0 or step == num_steps:
@@ -282,11 +284,3 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             json.dump({"step": int(state.step), **eval_metrics}, f, indent=1)
     return eval_metrics
 
-
-def _host_local(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """This process's contiguous share of the rows of a global batch."""
-    n, p = jax.process_count(), jax.process_index()
-    if n == 1:
-        return batch
-    rows = len(next(iter(batch.values()))) // n
-    return {k: v[p * rows : (p + 1) * rows] for k, v in batch.items()}

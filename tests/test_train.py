@@ -29,7 +29,8 @@ def _params(workdir):
 
 def test_train_and_evaluate_writes_everything_and_is_reproducible(tiny_config, tmp_path):
     a = train.train_and_evaluate(tiny_config, str(tmp_path / "a"))
-    assert set(a) == {"recall@1", "recall@2", "recall@4", "recall@8"}
+    assert set(a) == {"recall@1", "recall@2", "recall@4", "recall@8", "precision@1", "r_precision", "map@r", "nmi", "ami", "f1"}
+    assert a["precision@1"] == a["recall@1"]
     assert all(0.0 <= v <= 1.0 for v in a.values())
     assert a["recall@1"] <= a["recall@2"] <= a["recall@4"] <= a["recall@8"]
     files = os.listdir(tmp_path / "a")
