@@ -7,29 +7,55 @@ from collections.abc import Callable
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
 
-from probdml import metrics
-from probdml.data.pipeline import ArrayDataset, eval_batches
+from probdml import metrics, parallel
+from probdml.data.pipeline import Dataset, eval_batches
 
 
 def embed(
-    apply_fn: Callable[[dict], dict], data_cfg: ml_collections.ConfigDict, ds: ArrayDataset, batch_size: int
+    apply_fn: Callable[[jax.Array], dict],
+    data_cfg: ml_collections.ConfigDict,
+    ds: Dataset,
+    batch_size: int,
+    mesh: Mesh | None = None,
 ) -> dict[str, np.ndarray]:
     """All model outputs for every example of `ds`, in order, as numpy arrays [N, ...].
 
     `apply_fn(images) -> dict of arrays` should be jitted; batches have a fixed size (the last one
-    padded) so it compiles once.
+    padded) so it compiles once. With a `mesh`, each batch is sharded across its devices (each
+    process contributing its rows) and the outputs are gathered on every process.
     """
     chunks: dict[str, list[np.ndarray]] = {}
-    for batch in eval_batches(data_cfg, ds, batch_size):
-        out = jax.device_get(apply_fn(batch["image"]))
+    n, p = jax.process_count(), jax.process_index()
+    for k, batch in enumerate(eval_batches(data_cfg, ds, batch_size, p, n)):
+        valid = min(batch_size, len(ds) - k * batch_size)
+        images = batch["image"]
+        if mesh is not None:
+            images = parallel.global_batch(mesh, {"image": images})["image"]
+        out = multihost_utils.process_allgather(apply_fn(images), tiled=True)
         for name, value in out.items():
-            chunks.setdefault(name, []).append(np.asarray(value)[: batch["valid"]])
+            chunks.setdefault(name, []).append(np.asarray(value)[:valid])
     return {name: np.concatenate(parts) for name, parts in chunks.items()}
 
 
-def retrieval(
-    outputs: dict[str, np.ndarray], labels: np.ndarray, eval_cfg: ml_collections.ConfigDict
+def evaluate_outputs(
+    outputs: dict[str, np.ndarray],
+    labels: np.ndarray,
+    eval_cfg: ml_collections.ConfigDict,
+    mesh: Mesh | None = None,
 ) -> dict[str, float]:
-    """Leave-one-out retrieval metrics of the 'embedding' output (recall@K for eval_cfg.ks)."""
-    return metrics.retrieval_metrics(outputs["embedding"], labels, ks=tuple(eval_cfg.ks), metric=eval_cfg.metric)
+    """Leave-one-out retrieval metrics of the 'embedding' output (recall@K for `eval_cfg.ks`,
+    precision@1, r_precision, map@r; exact kNN with `eval_cfg.metric`), plus NMI, AMI and pairwise
+    F1 of k-means with as many clusters as classes when `eval_cfg.clustering` is set."""
+    result = metrics.retrieval_metrics(
+        outputs["embedding"], labels, ks=tuple(eval_cfg.ks), metric=eval_cfg.metric, mesh=mesh
+    )
+    if eval_cfg.get("clustering", False):
+        result.update(
+            metrics.clustering_metrics(
+                outputs["embedding"], labels, metric="cosine" if eval_cfg.metric == "cosine" else "euclidean", n_init=3
+            )
+        )
+    return result

@@ -8,7 +8,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax
 import flax.linen as nn
@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from probdml import checkpointing, data, evaluate, models, objective, writers
+from probdml import checkpointing, data, evaluate, models, objective, optim, parallel, writers
 from probdml.errors import ConfigError, unknown_choice
 
 Array = jax.Array
@@ -37,83 +37,107 @@ class TrainState:
     batch_stats: dict
 
 
-OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
-    "adamw": lambda lr, wd: optax.adamw(lr, weight_decay=wd),
-    "adam": lambda lr, wd: optax.chain(optax.add_decayed_weights(wd), optax.adam(lr)),
-    "sgd": lambda lr, wd: optax.chain(optax.add_decayed_weights(wd), optax.sgd(lr, momentum=0.9)),
-}
-SCHEDULES = ("constant", "step", "cosine")
+def mixup(key: Array, images: Array, alpha: float) -> tuple[Array, Array, Array]:
+    """One Mixup draw for the whole batch: lam ~ Beta(alpha, alpha), a random permutation pi,
+    mixed = lam * x + (1 - lam) * x[pi]. Returns (mixed images, lam, pi)."""
+    lam_key, perm_key = jax.random.split(key)
+    lam = jax.random.beta(lam_key, alpha, alpha).astype(images.dtype)
+    perm = jax.random.permutation(perm_key, images.shape[0])
+    return lam * images + (1.0 - lam) * images[perm], lam, perm
 
 
-def param_groups(params: dict) -> dict:
-    """Optimizer group label of every parameter leaf: 'model' for the network, and for the loss
-    parameters the top-level key of `params['loss']` (e.g. 'proxies')."""
-    return {
-        "model": jax.tree.map(lambda _: "model", params["model"]),
-        "loss": {group: jax.tree.map(lambda _, g=group: g, sub) for group, sub in params["loss"].items()},
-    }
-
-
-def learning_rate_schedule(optim_cfg: ml_collections.ConfigDict, base_lr: float) -> optax.Schedule:
-    """constant; step: lr * gamma^(number of boundaries passed) at optim_cfg.boundaries (in steps);
-    cosine: cosine decay to 0 over optim_cfg.decay_steps."""
-    name = optim_cfg.get("schedule", "constant")
-    if name == "constant":
-        return optax.constant_schedule(base_lr)
-    if name == "step":
-        return optax.piecewise_constant_schedule(
-            base_lr, {int(b): float(optim_cfg.gamma) for b in optim_cfg.boundaries}
-        )
-    if name == "cosine":
-        return optax.cosine_decay_schedule(base_lr, int(optim_cfg.decay_steps))
-    raise unknown_choice("learning-rate schedule", name, SCHEDULES)
-
-
-def make_optimizer(optim_cfg: ml_collections.ConfigDict, params: dict) -> optax.GradientTransformation:
-    """Per-group optimizer: `optim_cfg.name` with learning rate lr * lr_mults[group] (0 freezes a
-    group), optional element-wise gradient clipping by value before the update."""
-    if optim_cfg.name not in OPTIMIZERS:
-        raise unknown_choice("optimizer", optim_cfg.name, OPTIMIZERS)
-    labels = param_groups(params)
-    groups = set(jax.tree.leaves(labels))
-    mults = dict(optim_cfg.get("lr_mults", {}))
-    unknown = sorted(set(mults) - groups)
-    if unknown:
-        raise ConfigError(f"optim.lr_mults names unknown parameter group {unknown[0]!r}; valid: {', '.join(sorted(groups))}")
-    transforms = {}
-    for group in groups:
-        mult = float(mults.get(group, 1.0))
-        if mult == 0.0:
-            transforms[group] = optax.set_to_zero()
-        else:
-            lr = learning_rate_schedule(optim_cfg, optim_cfg.learning_rate * mult)
-            transforms[group] = OPTIMIZERS[optim_cfg.name](lr, optim_cfg.weight_decay)
-    tx = optax.multi_transform(transforms, labels)
-    if optim_cfg.get("grad_clip_value"):
-        tx = optax.chain(optax.clip(float(optim_cfg.grad_clip_value)), tx)
-    return tx
-
-
-def make_train_step(model: nn.Module, obj: objective.Objective, tx: optax.GradientTransformation, seed: int):
+def make_train_step(
+    model: nn.Module,
+    obj: objective.Objective,
+    tx: optax.GradientTransformation,
+    seed: int,
+    mixup_cfg: ml_collections.ConfigDict | None = None,
+):
     """train_step(state, batch) -> (state, metrics): one optimizer step on a batch
-    {'image': [B, ...], 'label': [B]}; the step's PRNG key is fold_in(key(seed), step)."""
+    {'image': [B, ...], 'label': [B]}; the step's PRNG key is fold_in(key(seed), step).
+
+    With Mixup enabled (the IDML official scheme), the loss is
+    clean_weight * L(f(x), y) + lam * L(f(x_mix), y) + (1 - lam) * L(f(x_mix), y[pi]),
+    x_mix = lam x + (1 - lam) x[pi], one lam ~ Beta(alpha, alpha) and permutation pi per global batch.
+    """
     base_key = jax.random.key(seed)
+    use_mixup = bool(mixup_cfg is not None and mixup_cfg.get("enabled", False))
+
+    def forward(params, batch_stats, images):
+        variables = {"params": params["model"]}
+        if batch_stats:
+            variables["batch_stats"] = batch_stats
+            outputs, updated = model.apply(variables, images, train=True, mutable=["batch_stats"])
+            return outputs, updated["batch_stats"]
+        return model.apply(variables, images, train=True), batch_stats
 
     def loss_fn(params, batch_stats, batch, key):
-        variables = {"params": params["model"], **({"batch_stats": batch_stats} if batch_stats else {})}
-        outputs = model.apply(variables, batch["image"], train=True)
-        loss, aux = obj.apply(params["loss"], outputs, batch["label"], key)
-        return loss, aux
+        loss_key, mix_key, mix_loss_key = jax.random.split(key, 3)
+        outputs, batch_stats = forward(params, batch_stats, batch["image"])
+        loss, aux = obj.apply(params["loss"], outputs, batch["label"], loss_key)
+        if use_mixup:
+            mixed, lam, perm = mixup(mix_key, batch["image"], float(mixup_cfg.alpha))
+            mixed_out, batch_stats = forward(params, batch_stats, mixed)
+            key_a, key_b = jax.random.split(mix_loss_key)
+            loss_a, _ = obj.apply(params["loss"], mixed_out, batch["label"], key_a)
+            loss_b, _ = obj.apply(params["loss"], mixed_out, batch["label"][perm], key_b)
+            clean = loss
+            loss = float(mixup_cfg.get("clean_weight", 1.0)) * clean + lam * loss_a + (1.0 - lam) * loss_b
+            aux = {**aux, "loss_clean": clean, "loss_mixed": lam * loss_a + (1.0 - lam) * loss_b, "mixup_lambda": lam}
+        return loss, (aux, batch_stats)
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         key = jax.random.fold_in(base_key, state.step)
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, state.batch_stats, batch, key)
+        (loss, (aux, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state.batch_stats, batch, key
+        )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-        return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, batch_stats=batch_stats)
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
+        if isinstance(opt_state, optax.ApplyIfFiniteState):
+            metrics["skipped_steps"] = opt_state.total_notfinite
+        return new_state, metrics
 
     return train_step
+
+
+class Setup(NamedTuple):
+    """A model, its objective and optimizer, the initial (replicated) state and the jitted step."""
+
+    model: nn.Module
+    objective: objective.Objective
+    tx: optax.GradientTransformation
+    state: TrainState
+    train_step: Callable[[TrainState, dict], tuple[TrainState, dict]]
+
+
+def create_setup(
+    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, num_classes: int, image_shape: tuple[int, ...]
+) -> Setup:
+    """Build the model, objective and optimizer from `config`, initialise the state from
+    `config.seed` (replicated over `mesh`), and jit the train step with the batch sharded over the
+    mesh's 'data' axis and the state donated."""
+    model = models.build_model(config.model)
+    obj = objective.build_objective(config.loss, num_classes, config.model.embed_dim)
+    init_key, loss_key = jax.random.split(jax.random.key(config.seed))
+    variables = model.init(init_key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+    params = {"model": variables["params"], "loss": obj.init(loss_key)}
+    tx = optim.make_optimizer(config.optim, params)
+    state = TrainState(
+        step=jnp.asarray(0, jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        batch_stats=variables.get("batch_stats", {}),
+    )
+    replicated, batch_sharded = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    train_step = jax.jit(
+        make_train_step(model, obj, tx, config.seed, config.get("mixup")),
+        in_shardings=(replicated, batch_sharded),
+        out_shardings=(replicated, replicated),
+        donate_argnums=0,
+    )
+    return Setup(model, obj, tx, parallel.replicate(mesh, state), train_step)
 
 
 def validate_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -128,10 +152,7 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str) -> None:
         raise unknown_choice("model", config.model.name, models.MODELS)
     if config.loss.name not in objective.LOSSES:
         raise unknown_choice("loss", config.loss.name, objective.LOSSES)
-    if config.optim.name not in OPTIMIZERS:
-        raise unknown_choice("optimizer", config.optim.name, OPTIMIZERS)
-    if config.optim.get("schedule", "constant") not in SCHEDULES:
-        raise unknown_choice("learning-rate schedule", config.optim.schedule, SCHEDULES)
+    optim.validate(config.optim)
 
 
 class _Preemption:
@@ -165,36 +186,30 @@ def _progress(total: int, initial: int):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Train `config` in `workdir` (resuming from its latest checkpoint) and return the final metrics.
 
-    Writes checkpoints to <workdir>/checkpoints, TensorBoard events and metrics.jsonl to <workdir>,
-    and the final evaluation to <workdir>/final_metrics.json.
+    Data parallel over `config.num_devices` devices (0 = all) with the global batch sharded along a
+    1-D mesh. Process 0 writes TensorBoard events and metrics.jsonl to <workdir> and the final
+    evaluation to <workdir>/final_metrics.json; all processes take part in checkpointing
+    (<workdir>/checkpoints).
     """
+    parallel.initialize_distributed(config.get("distributed"))
     validate_config(config, workdir)
+    mesh = parallel.make_mesh(config.get("num_devices", 0))
+    parallel.check_batch_size(config.data.batch_size, mesh)
+    parallel.check_batch_size(config.eval.batch_size, mesh, "eval batch size")
+    lead = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
     train_ds = data.load_split(config.data, "train")
     test_ds = data.load_split(config.data, "test")
-    model = models.build_model(config.model)
-    obj = objective.build_objective(config.loss, train_ds.num_classes, config.model.embed_dim)
+    setup = create_setup(config, mesh, train_ds.num_classes, train_ds.image_shape)
+    model, state, train_step = setup.model, setup.state, setup.train_step
 
-    init_key, loss_key = jax.random.split(jax.random.key(config.seed))
-    sample = np.zeros((1, *train_ds.images.shape[1:]), np.float32)
-    variables = model.init(init_key, sample, train=False)
-    params = {"model": variables["params"], "loss": obj.init(loss_key)}
-    tx = make_optimizer(config.optim, params)
-    state = TrainState(
-        step=jnp.asarray(0, jnp.int32),
-        params=params,
-        opt_state=tx.init(params),
-        batch_stats=variables.get("batch_stats", {}),
-    )
-
-    mngr = checkpointing.manager(workdir, config.keep_checkpoints)
+    best_metric = config.get("checkpoint_best_metric", "")
+    mngr = checkpointing.manager(workdir, config.keep_checkpoints, best_metric)
     restored = checkpointing.restore_latest(mngr, state)
     if restored is not None:
         state = restored
         writers.log(f"resumed from checkpoint at step {int(state.step)}")
     start = int(state.step)
-
-    train_step = jax.jit(make_train_step(model, obj, tx, config.seed), donate_argnums=0)
 
     @jax.jit
     def apply_eval(params, batch_stats, images):
@@ -207,24 +222,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             config.data,
             test_ds,
             config.eval.batch_size,
+            mesh,
         )
-        return evaluate.retrieval(outputs, test_ds.labels, config.eval)
+        return evaluate.evaluate_outputs(outputs, test_ds.labels, config.eval, mesh)
 
-    writer = writers.MetricWriter(workdir)
-    batches = data.pipeline.train_batches(config.data, train_ds, config.seed, start)
+    writer = writers.MetricWriter(workdir) if lead else None
+    batches = data.pipeline.train_batches(
+        config.data, train_ds, config.seed, start, jax.process_index(), jax.process_count()
+    )
     num_steps = config.num_steps
     writers.log(
         f"training {config.loss.name} on {config.data.name}: {len(train_ds)} train images "
         f"({train_ds.num_classes} classes), {len(test_ds)} test images ({test_ds.num_classes} classes), "
-        f"steps {start} -> {num_steps}"
+        f"{mesh.devices.size} device(s), steps {start} -> {num_steps}"
     )
-    bar = _progress(num_steps, start)
+    bar = _progress(num_steps, start) if lead else None
     t0, last_step = time.perf_counter(), start
     eval_metrics: dict[str, float] = {}
     with _Preemption() as preemption:
         for step in range(start + 1, num_steps + 1):
-            state, step_metrics = train_step(state, next(batches))
-            bar.update(1)
+            state, step_metrics = train_step(state, parallel.global_batch(mesh, next(batches)))
+            if bar is not None:
+                bar.update(1)
             if step % config.log_every == 0 or step == num_steps:
                 scalars = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
                 if not all(np.isfinite(v) for v in scalars.values()):
@@ -232,26 +251,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 rate = (step - last_step) / max(time.perf_counter() - t0, 1e-9)
                 t0, last_step = time.perf_counter(), step
                 eta = (num_steps - step) / max(rate, 1e-9)
-                writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()} | {"train/steps_per_sec": rate})
+                if writer is not None:
+                    writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()} | {"train/steps_per_sec": rate})
                 writers.log(f"step {step}/{num_steps}  {writers.format_scalars(scalars)}  {rate:.1f} steps/s  ETA {eta:.0f}s")
-            if step % config.eval_every == 0 or step == num_steps:
+            evaluated = step % config.eval_every == 0 or step == num_steps
+            if evaluated:
                 eval_metrics = run_eval(state)
-                writer.write_scalars(step, {f"test/{k}": v for k, v in eval_metrics.items()})
+                if writer is not None:
+                    writer.write_scalars(step, {f"test/{k}": v for k, v in eval_metrics.items()})
                 writers.log(f"eval step {step}  {writers.format_scalars(eval_metrics)}")
-            if step % config.checkpoint_every == 0 or step == num_steps or preemption.requested:
-                checkpointing.save(mngr, step, state)
+            track_best = evaluated and bool(best_metric)
+            if step % config.checkpoint_every == 0 or step == num_steps or track_best or preemption.requested:
+                ckpt_metrics = {f"test/{k}": v for k, v in eval_metrics.items()} if evaluated else None
+                checkpointing.save(mngr, step, state, ckpt_metrics)
             if preemption.requested:
                 mngr.wait_until_finished()
-                bar.close()
-                writer.close()
+                if bar is not None:
+                    bar.close()
+                if writer is not None:
+                    writer.close()
                 writers.log(f"SIGTERM: saved a checkpoint at step {step}; rerun the same command to resume")
                 raise SystemExit(143)
-    bar.close()
+    if bar is not None:
+        bar.close()
     mngr.wait_until_finished()
     mngr.close()
     if not eval_metrics:
         eval_metrics = run_eval(state)
-    writer.close()
-    with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
-        json.dump({"step": int(state.step), **eval_metrics}, f, indent=1)
+    if writer is not None:
+        writer.close()
+        with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
+            json.dump({"step": int(state.step), **eval_metrics}, f, indent=1)
     return eval_metrics
+

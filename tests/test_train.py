@@ -29,12 +29,14 @@ def _params(workdir):
 
 def test_train_and_evaluate_writes_everything_and_is_reproducible(tiny_config, tmp_path):
     a = train.train_and_evaluate(tiny_config, str(tmp_path / "a"))
-    assert set(a) == {"recall@1", "recall@2", "recall@4", "recall@8"}
+    assert set(a) == {"recall@1", "recall@2", "recall@4", "recall@8", "precision@1", "r_precision", "map@r", "nmi", "ami", "f1"}
+    assert a["precision@1"] == a["recall@1"]
     assert all(0.0 <= v <= 1.0 for v in a.values())
     assert a["recall@1"] <= a["recall@2"] <= a["recall@4"] <= a["recall@8"]
     files = os.listdir(tmp_path / "a")
     assert any(f.startswith("events.out.tfevents") for f in files)
-    assert sorted(os.listdir(tmp_path / "a" / "checkpoints")) == ["12", "4", "8"]
+    # every 4 steps and at each evaluation (6, 12) for keep-best; the newest 3 plus the best remain
+    assert sorted(os.listdir(tmp_path / "a" / "checkpoints"), key=int) == ["6", "8", "12"]
     lines = [json.loads(l) for l in open(tmp_path / "a" / "metrics.jsonl")]
     assert {l["step"] for l in lines if "test/recall@1" in l} == {6, 12}
     with open(tmp_path / "a" / "final_metrics.json") as f:
@@ -82,11 +84,19 @@ def _env():
     return {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "PYTHONPATH": ROOT}
 
 
+@pytest.fixture(scope="module")
+def uninterrupted_cli_metrics(digits_data_dir, tmp_path_factory):
+    """final_metrics.json of the small CLI run without interruption (shared by the kill tests)."""
+    workdir = tmp_path_factory.mktemp("ref") / "run"
+    ref = subprocess.run(_cli(workdir, digits_data_dir), cwd=ROOT, env=_env(), capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    with open(workdir / "final_metrics.json") as f:
+        return json.load(f)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_killed_cli_run_resumes_to_the_same_final_metrics(digits_data_dir, tmp_path, sig):
-    ref = subprocess.run(_cli(tmp_path / "ref", digits_data_dir), cwd=ROOT, env=_env(), capture_output=True, text=True)
-    assert ref.returncode == 0, ref.stderr[-2000:]
+def test_killed_cli_run_resumes_to_the_same_final_metrics(digits_data_dir, uninterrupted_cli_metrics, tmp_path, sig):
     work = tmp_path / "killed"
     proc = subprocess.Popen(_cli(work, digits_data_dir), cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     ckpts = work / "checkpoints"
@@ -104,5 +114,5 @@ def test_killed_cli_run_resumes_to_the_same_final_metrics(digits_data_dir, tmp_p
     again = subprocess.run(_cli(work, digits_data_dir), cwd=ROOT, env=_env(), capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "resumed from checkpoint at step" in again.stdout
-    with open(tmp_path / "ref" / "final_metrics.json") as f, open(work / "final_metrics.json") as g:
-        assert json.load(f) == json.load(g)
+    with open(work / "final_metrics.json") as g:
+        assert json.load(g) == uninterrupted_cli_metrics

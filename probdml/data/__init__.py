@@ -1,23 +1,48 @@
-"""Datasets: TFDS builders, in-memory pipelines and samplers. `load_split(cfg, split)` by name."""
+"""Datasets: TFDS builders, input pipelines and samplers. `load_split(cfg, split)` by name.
+
+Datasets (`data.name`): 'digits' (scikit-learn's copy, nothing to download), and 'cub200',
+'cars196', 'sop', prepared on first use from the official downloads, which the user puts in the TFDS
+manual directory (`data.manual_dir`, else <data_dir>/downloads/manual/):
+
+  cub200   CUB_200_2011.tgz, or the folder CUB_200_2011/ it extracts to
+  cars196  cars_annos.mat, and car_ims.tgz or the folder car_ims/ it extracts to
+  sop      Stanford_Online_Products.zip, or the folder Stanford_Online_Products/ it extracts to
+
+A missing file raises a ConfigError naming the expected files and the directory searched. The image
+datasets are stored as ArrayRecord files (random access by index; in this TFDS version
+`builder.as_data_source()` reads them and `builder.as_dataset()` does not: pass
+`file_format='tfrecord'` to the builder for a tf.data-only copy).
+
+Splits: 'train' and 'test' are the class-disjoint DML splits. 'train_sub' and 'val' split the
+training classes for model selection without the test set: the classes of 'train' in increasing
+id order, the first floor(C * (1 - val_fraction)) to 'train_sub', the rest to 'val'
+(`data.val_fraction`, default 0.2, as RDML's class-wise train/validation split).
+"""
 
 from __future__ import annotations
 
+import math
 import os
 
 import ml_collections
 import numpy as np
 
-from probdml.data.pipeline import ArrayDataset
+from probdml.data import preprocess
+from probdml.data.pipeline import ArrayDataset, ImageDataset, RecordSource, option
 from probdml.errors import ConfigError, unknown_choice
+
+DATASET_NAMES = ("digits", "cub200", "cars196", "sop")
+SPLITS = ("train", "test", "train_sub", "val")
+DEFAULT_VAL_FRACTION = 0.2
 
 
 def _builders() -> dict:
+    from probdml.data.cars196 import Cars196
+    from probdml.data.cub200 import Cub200
     from probdml.data.digits import Digits
+    from probdml.data.sop import Sop
 
-    return {"digits": Digits}
-
-
-DATASET_NAMES = ("digits",)
+    return {"digits": Digits, "cub200": Cub200, "cars196": Cars196, "sop": Sop}
 
 
 def data_dir(data_cfg: ml_collections.ConfigDict) -> str:
@@ -26,20 +51,90 @@ def data_dir(data_cfg: ml_collections.ConfigDict) -> str:
     return os.path.expanduser(path)
 
 
+def manual_dir(data_cfg: ml_collections.ConfigDict) -> str | None:
+    """`data_cfg.manual_dir` if set (user-expanded), else None: TFDS's <data_dir>/downloads/manual."""
+    path = data_cfg.get("manual_dir")
+    return os.path.expanduser(path) if path else None
+
+
 def check_name(name: str) -> None:
     if name not in DATASET_NAMES:
         raise unknown_choice("dataset", name, DATASET_NAMES)
 
 
-def load_split(data_cfg: ml_collections.ConfigDict, split: str) -> ArrayDataset:
-    """Prepare the TFDS dataset `data_cfg.name` on first use and load `split` into memory."""
+def class_split(labels: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """(train_sub indices, val indices) of a class-wise split: of the C classes in increasing id order,
+    the first floor(C * (1 - val_fraction)) go to train_sub, the others to val. Both non-empty."""
+    classes = np.unique(labels)
+    if not 0.0 < val_fraction < 1.0:
+        raise ConfigError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    n_train = math.floor(len(classes) * (1.0 - val_fraction) + 1e-9)
+    if not 0 < n_train < len(classes):
+        raise ConfigError(
+            f"val_fraction {val_fraction} of {len(classes)} classes leaves an empty train_sub or val split"
+        )
+    in_train = np.isin(labels, classes[:n_train])
+    return np.flatnonzero(in_train), np.flatnonzero(~in_train)
+
+
+def prepare(data_cfg: ml_collections.ConfigDict):
+    """The TFDS builder of `data_cfg.name`, prepared on first use (from the manual directory for the
+    image datasets)."""
     import tensorflow_datasets as tfds
 
     check_name(data_cfg.name)
+    preprocess.tf_cpu()
     builder = _builders()[data_cfg.name](data_dir=data_dir(data_cfg))
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(verify_ssl=True))
-    if split not in builder.info.splits:
-        raise ConfigError(f"dataset {data_cfg.name!r} has no split {split!r}; valid: {', '.join(builder.info.splits)}")
-    arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, shuffle_files=False))
-    order = np.argsort(arrays["index"], kind="stable") if "index" in arrays else slice(None)
-    return ArrayDataset(images=arrays["image"][order], labels=arrays["label"][order].astype(np.int32))
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(
+            manual_dir=manual_dir(data_cfg), compute_stats=tfds.download.ComputeStatsMode.SKIP
+        )
+    )
+    return builder
+
+
+def load_split(data_cfg: ml_collections.ConfigDict, split: str) -> ArrayDataset | ImageDataset:
+    """Prepare the TFDS dataset `data_cfg.name` on first use and load `split` (one of SPLITS).
+
+    digits: an `ArrayDataset` in memory, in the original order. Image datasets: an `ImageDataset`
+    reading JPEG bytes from the TFDS ArrayRecord files by index, ordered by file name.
+    """
+    import tensorflow_datasets as tfds
+
+    check_name(data_cfg.name)
+    if split not in SPLITS:
+        raise ConfigError(f"dataset {data_cfg.name!r} has no split {split!r}; valid: {', '.join(SPLITS)}")
+    builder = prepare(data_cfg)
+    base = "test" if split == "test" else "train"
+    if data_cfg.name == "digits":
+        arrays = tfds.as_numpy(builder.as_dataset(split=base, batch_size=-1, shuffle_files=False))
+        order = np.argsort(arrays["index"], kind="stable")
+        ds = ArrayDataset(images=arrays["image"][order], labels=arrays["label"][order].astype(np.int32))
+    else:
+        ds = _image_split(builder, base, int(option(data_cfg, "image_size")))
+    if split in ("train_sub", "val"):
+        train_idx, val_idx = class_split(ds.labels, float(data_cfg.get("val_fraction", DEFAULT_VAL_FRACTION)))
+        ds = ds.take(train_idx if split == "train_sub" else val_idx)
+    return ds
+
+
+def _image_split(builder, split: str, image_size: int, chunk: int = 512) -> ImageDataset:
+    """The split as an ImageDataset over the builder's ArrayRecord data source, ordered by file name.
+
+    Reads every record once for the labels and file names (the images are not decoded)."""
+    import tensorflow_datasets as tfds
+
+    records = builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
+    labels, names = [], []
+    for start in range(0, len(records), chunk):
+        for r in records.__getitems__(list(range(start, min(start + chunk, len(records))))):
+            labels.append(int(r["label"]))
+            names.append(r["image/filename"].decode("utf-8"))
+    names = np.asarray(names, dtype=object)
+    order = np.argsort(names, kind="stable")
+    return ImageDataset(
+        source=RecordSource(records, order),
+        labels=np.asarray(labels, np.int32)[order],
+        filenames=names[order],
+        image_size=image_size,
+    )

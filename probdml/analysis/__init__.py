@@ -1,0 +1,1 @@
+"""Analysis tools: gradient analysis and plots of evaluation results."""

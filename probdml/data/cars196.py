@@ -1,0 +1,111 @@
+"""TFDS builder for Cars196 (Stanford Cars, Krause et al., 2013) with the class-disjoint DML split.
+
+16,185 images of 196 car models. DML protocol: `train` = classes 1-98 (8,054 images), `test` =
+classes 99-196 (8,131 images), classes as numbered in cars_annos.mat (`annotations.class`);
+Stanford's image-level train/test flag (`annotations.test`) is not used. `label` = class - 1
+(0..195); `bbox` is the annotated box as tfds.features.BBox (ymin, xmin, ymax, xmax in [0, 1],
+from the 1-based inclusive pixel corners bbox_x1..bbox_y2).
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from probdml.data import manual
+from probdml.errors import ConfigError
+
+TRAIN_CLASSES = range(1, 99)
+TEST_CLASSES = range(99, 197)
+ANNOTATIONS = "cars_annos.mat"
+IMAGES = ("car_ims.tgz", "car_ims")
+
+
+def read_annotations(data: bytes) -> dict[str, dict]:
+    """{relative_im_path: {'class': int, 'bbox': (x1, y1, x2, y2)}} from the bytes of cars_annos.mat."""
+    from scipy.io import loadmat
+
+    annos = loadmat(io.BytesIO(data), squeeze_me=True)["annotations"]
+    annos = np.atleast_1d(annos)
+    out = {}
+    for a in annos:
+        box = tuple(int(a[f"bbox_{c}"]) for c in ("x1", "y1", "x2", "y2"))
+        out[str(a["relative_im_path"])] = {"class": int(a["class"]), "bbox": box}
+    return out
+
+
+def _bbox(box: tuple[int, int, int, int], height: int, width: int) -> tfds.features.BBox:
+    """1-based inclusive pixel corners -> normalized [ymin, xmin, ymax, xmax], clipped to [0, 1]."""
+    x1, y1, x2, y2 = box
+    ymin, xmin, ymax, xmax = np.clip([(y1 - 1) / height, (x1 - 1) / width, y2 / height, x2 / width], 0.0, 1.0)
+    return tfds.features.BBox(ymin=float(ymin), xmin=float(xmin), ymax=float(ymax), xmax=float(xmax))
+
+
+# TFDS ships an image-level `cars196` builder; this one must not shadow it in tfds.builder().
+class Cars196(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Cars196 from car_ims.tgz (or the extracted car_ims/) and cars_annos.mat in the manual directory."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release: train = classes 1-98, test = classes 99-196."}
+    MANUAL_DOWNLOAD_INSTRUCTIONS = """
+    Put cars_annos.mat and car_ims.tgz (or the folder car_ims/ it extracts to, holding
+    000001.jpg ... 016185.jpg) from the Stanford Cars dataset
+    (https://ai.stanford.edu/~jkrause/cars/car_dataset.html; mirrors exist, the original links are
+    down) in the manual directory (default <data_dir>/downloads/manual/).
+    """
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("file_format", "array_record")
+        super().__init__(**kwargs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=__doc__,
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+                    "label": tfds.features.ClassLabel(num_classes=196),
+                    "bbox": tfds.features.BBoxFeature(),
+                    "image/filename": tfds.features.Text(),
+                }
+            ),
+            supervised_keys=("image", "label"),
+            homepage="https://ai.stanford.edu/~jkrause/cars/car_dataset.html",
+        )
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+        root = manual.manual_root(dl_manager, self.name, (ANNOTATIONS, *IMAGES))
+        annotations = manual.locate(root, self.name, (ANNOTATIONS,))
+        images = manual.locate(root, self.name, IMAGES)
+        return {
+            "train": self._generate_examples(dl_manager, annotations, images, TRAIN_CLASSES),
+            "test": self._generate_examples(dl_manager, annotations, images, TEST_CLASSES),
+        }
+
+    def _generate_examples(self, dl_manager, annotations, images, classes: range):
+        from PIL import Image
+
+        annos = read_annotations(annotations.read_bytes())
+        wanted = {path for path, anno in annos.items() if anno["class"] in classes}
+        for path, fobj in manual.iter_files(dl_manager, images):
+            if path not in wanted:
+                continue
+            wanted.discard(path)
+            anno = annos[path]
+            data = manual.as_jpeg(fobj.read())
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+            yield path, {
+                "image": data,
+                "label": anno["class"] - 1,
+                "bbox": _bbox(anno["bbox"], height, width),
+                "image/filename": path,
+            }
+        if wanted:
+            raise ConfigError(
+                f"{self.name}: {len(wanted)} images listed in {ANNOTATIONS} are missing from {images}, "
+                f"e.g. {min(wanted)}"
+            )

@@ -1,0 +1,38 @@
+"""Small configs and batches for the 1-vs-8-device equivalence check (tests/parallel_check.py)."""
+
+import jax
+import numpy as np
+
+from probdml import parallel, train
+
+
+def _base():
+    from configs import digits
+
+    config = digits.get_config()
+    config.model.widths = (8, 16)
+    config.model.hidden = 32
+    config.model.embed_dim = 16
+    config.data.batch_size = 32
+    return config
+
+
+def _batch(num_classes, batch_size=32, shape=(8, 8, 1), seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        "image": rng.normal(size=(batch_size, *shape)).astype(np.float32),
+        "label": np.repeat(np.arange(batch_size // 4) % num_classes, 4).astype(np.int32),
+    }
+
+
+def proxy_anchor():
+    return _base(), _batch(5), 5
+
+
+CONFIGS = {"proxy_anchor": proxy_anchor}
+
+
+def initial_params(config, batch, num_classes):
+    config.num_devices = 1
+    setup = train.create_setup(config, parallel.make_mesh(1), num_classes, batch["image"].shape[1:])
+    return jax.device_get(setup.state.params)
