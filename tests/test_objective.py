@@ -3,6 +3,8 @@ on adversarial batches (hypothesis)."""
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -115,26 +117,41 @@ def test_el_nivmf_proxy_nca_pp_objective():
                                temperature_placement="inside")
     np.testing.assert_allclose(loss_in, losses.proxy_nca_pp(s_in, labels, temperature=1.0), rtol=1e-5)
 
+    # Monte Carlo (the sampler's reparameterised gradients) on an adversarial batch: a zero embedding
+    # (kappa = 0, no direction), a huge one and two identical ones
     mc = objective.build_objective(_cfg("proxy_nca_pp", similarity_options={"estimator": "monte_carlo",
                                                                             "form": "stretched", "num_samples": 4},
                                         **base), C, D)
-    loss_mc, _ = jax.jit(mc.apply)(params, outputs, labels, key)
-    assert np.isfinite(loss_mc)
+    e_adv = e.at[0].set(0.0).at[1].multiply(1e3).at[3].set(e[2])
+    value, grads = jax.jit(jax.value_and_grad(lambda p, o: mc.apply(p, o, labels, key)[0], argnums=(0, 1)))(
+        params, {"embedding": e_adv})
+    assert np.isfinite(value)
+    for g in jax.tree.leaves(grads):
+        assert np.all(np.isfinite(np.asarray(g)))
+
+
+@jax.jit
+def _el_proxy_anchor(e, proxies, labels):
+    mu, kappa = similarity.vmf_parameters({"embedding": e})
+    sim = similarity.ppk(mu, kappa, similarity.l2_normalize(proxies), jnp.full((proxies.shape[0],), 10.0))
+    return losses.proxy_anchor(sim, labels)
 
 
 def test_isotropic_kernel_proxies_and_kappa_parameterisations():
     outputs, labels = _inputs(4)
     key = jax.random.key(0)
+    obj = objective.build_objective(_cfg("proxy_anchor", similarity="el", proxy_concentration=10.0), C, D)
+    params = obj.init(key)
+    assert params["proxy_kappa"].shape == (C,)
+    loss, _ = jax.jit(obj.apply)(params, outputs, labels, key)
+    np.testing.assert_allclose(loss, _el_proxy_anchor(outputs["embedding"], params["proxies"], labels), rtol=1e-5)
+    # kappa = 0.1 + softplus(raw) (default) or the reference's max(raw, 0.1), both starting at the concentration
     for kappa_param in objective.KAPPA_PARAMS:
-        obj = objective.build_objective(_cfg("proxy_anchor", similarity="el", kappa_param=kappa_param,
-                                             proxy_concentration=10.0), C, D)
-        params = obj.init(key)
-        assert params["proxy_kappa"].shape == (C,)
-        loss, _ = jax.jit(obj.apply)(params, outputs, labels, key)
-        mu, kappa = similarity.vmf_parameters(outputs)
-        expected = losses.proxy_anchor(similarity.ppk(mu, kappa, similarity.l2_normalize(params["proxies"]),
-                                                      jnp.full((C,), 10.0)), labels)
-        np.testing.assert_allclose(loss, expected, rtol=1e-5)
+        raw = objective._kappa_init(10.0, kappa_param, 0.1)
+        np.testing.assert_allclose(objective._kappa(jnp.asarray(raw), kappa_param, 0.1), 10.0, rtol=1e-6)
+    np.testing.assert_allclose(objective._kappa(jnp.asarray(-3.0), "clamp", 0.1), 0.1)
+    np.testing.assert_allclose(objective._kappa(jnp.asarray(-3.0), "softplus", 0.1), 0.1 + math.log1p(math.exp(-3)),
+                               rtol=1e-6)
     with pytest.raises(ConfigError, match="proxy_concentration"):
         objective.build_objective(_cfg("proxy_anchor", proxy_concentration=10.0), C, D)  # cosine has no kappa
     with pytest.raises(ConfigError, match="closed form exists only"):
