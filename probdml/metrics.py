@@ -21,8 +21,8 @@ wrong nearest neighbour, and recall@1 as a function of the fraction of rejected 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 import functools
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -186,7 +186,9 @@ def knn(
     n_q = _leading_dim(queries, "queries")
     n_ref = _leading_dim(references, "references")
     if ref_includes_query and n_ref < n_q:
-        raise ValueError(f"ref_includes_query needs the first {n_q} references to be the queries, got {n_ref} references")
+        raise ValueError(
+            f"ref_includes_query needs the first {n_q} references to be the queries, got {n_ref} references"
+        )
     n_avail = n_ref - int(ref_includes_query)
     if not 1 <= k <= n_avail:
         raise ValueError(f"k={k} must be between 1 and the number of references ({n_avail})")
@@ -211,7 +213,9 @@ def knn(
     steps = [_step_fn(metric, k, precision, ref_includes_query, mask, mesh) for mask in (False, True)]
     n_ref_arr = jax.device_put(np.int32(n_ref), repl)
     starts = [jax.device_put(np.int32(b * br), repl) for b in range(n_rb)]
-    dtype = jax.eval_shape(lambda x: _scores(metric, _prepare(metric, x), ref_blocks[0], precision), _pad_rows(queries, 0, bq)).dtype
+    dtype = jax.eval_shape(
+        lambda x: _scores(metric, _prepare(metric, x), ref_blocks[0], precision), _pad_rows(queries, 0, bq)
+    ).dtype
     out_s, out_i = [], []
     for qb in range(n_qb):
         start = qb * bq
@@ -297,7 +301,7 @@ def _aggregate(values, mask, labels, avg_of_avgs, return_per_class):
     classes, inverse = np.unique(labels, return_inverse=True)
     per_class = np.bincount(inverse, weights=values) / np.bincount(inverse)
     if return_per_class:
-        return {c.item(): float(v) for c, v in zip(classes, per_class)}
+        return {c.item(): float(v) for c, v in zip(classes, per_class, strict=True)}
     return float(np.mean(per_class))
 
 
@@ -472,7 +476,10 @@ def retrieval_metrics(
     if ref_includes_query is None:
         ref_includes_query = reference_embeddings is None
     ref_labels = labels if reference_labels is None else _check_labels(reference_labels, "reference_labels")
-    if reference_embeddings is not None and _leading_dim(reference_embeddings, "reference_embeddings") != ref_labels.shape[0]:
+    if (
+        reference_embeddings is not None
+        and _leading_dim(reference_embeddings, "reference_embeddings") != ref_labels.shape[0]
+    ):
         raise ValueError("reference_embeddings and reference_labels must have the same number of samples")
     if ref_includes_query and not np.array_equal(ref_labels[: labels.shape[0]], labels):
         raise ValueError("ref_includes_query needs the first len(labels) reference labels to equal labels")

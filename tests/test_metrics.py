@@ -322,7 +322,7 @@ def test_agrees_with_pml_per_class_and_other_metrics(pml, clustered_data):
     names = ("mean_average_precision", "mean_reciprocal_rank", "r_precision")
     ref = pml(k=20, return_per_class=True, include=names).get_accuracy(x, y)
     ours = M.retrieval_metrics(x, y, ks=(1,), include=("map", "mrr", "r_precision"), k=20, return_per_class=True)
-    for theirs, mine in zip(names, ("map", "mrr", "r_precision")):
+    for theirs, mine in zip(names, ("map", "mrr", "r_precision"), strict=True):
         np.testing.assert_allclose(list(ours[mine].values()), ref[theirs], atol=1e-6, err_msg=mine)
 
 
