@@ -181,8 +181,8 @@ def knn(
         raise ValueError(f"unknown kNN metric {metric!r}; valid: {', '.join(METRICS)} or a callable")
     if ref_includes_query is None:
         ref_includes_query = references is None
-    if references is None:
-        references = queries
+    queries = jax.tree.map(np.asarray, queries)
+    references = queries if references is None else jax.tree.map(np.asarray, references)
     n_q = _leading_dim(queries, "queries")
     n_ref = _leading_dim(references, "references")
     if ref_includes_query and n_ref < n_q:
@@ -229,6 +229,8 @@ def knn(
             run_s, run_i = step(q, q_ref_index, ref_blocks[rb], starts[rb], n_ref_arr, run_s, run_i)
         out_s.append(run_s)
         out_i.append(run_i)
+        if qb >= 1:  # at most two query blocks in flight: bounded memory, host and device overlap
+            out_s[qb - 1], out_i[qb - 1] = np.asarray(out_s[qb - 1]), np.asarray(out_i[qb - 1])
     scores = np.concatenate([np.asarray(s) for s in out_s])[:n_q]
     indices = np.concatenate([np.asarray(i) for i in out_i])[:n_q]
     return scores, indices.astype(np.int64)

@@ -148,10 +148,6 @@ def test_knn_sharded_over_8_devices_equals_one_device():
             # scores agree to float32 rounding of the summands (|log C_3| reaches ~40 for el)
             np.testing.assert_allclose(s8, s1, rtol=1e-6, atol=1e-5)
             print(getattr(metric, "__name__", metric), float(np.max(np.abs(s8 - s1))))
-        y = rng.integers(0, 20, 203)
-        r8 = M.retrieval_metrics(x, y, include=("recall", "map@r", "map_c"))
-        r1 = M.retrieval_metrics(x, y, include=("recall", "map@r", "map_c"), mesh=one)
-        assert r8 == r1, (r8, r1)
         print("OK")
         """
     )
