@@ -751,7 +751,7 @@ def rejection_curve(
 def uncertainty_metrics(
     embeddings: Any,
     labels: np.ndarray,
-    uncertainty: np.ndarray,
+    uncertainty: np.ndarray | None = None,
     *,
     metric: str | SimilarityFn = "cosine",
     fractions: Sequence[float] = tuple(np.linspace(0.0, 0.9, 10)),
@@ -760,15 +760,17 @@ def uncertainty_metrics(
 ) -> dict[str, Any]:
     """Uncertainty evaluation of leave-one-out 1-NN retrieval.
 
-    correct_i = 1[the nearest other sample has label_i]. Returns ``auroc`` (`uncertainty_auroc`
-    of the per-sample score, higher = less certain), ``rejection_fractions`` and
-    ``rejection_recall@1`` (`rejection_curve`).
+    correct_i = 1[the nearest other sample has label_i]. `uncertainty`: one score per sample,
+    higher = less certain (e.g. `norm_uncertainty` for vMF embeddings, `squared_norm_uncertainty`
+    of IDML's u); None uses minus the score of the nearest neighbour (PDML's ``unc_cos``
+    baseline for ``metric='cosine'``). Returns ``auroc`` (`uncertainty_auroc`),
+    ``rejection_fractions`` and ``rejection_recall@1`` (`rejection_curve`).
     """
     labels = _check_labels(labels, "labels")
-    uncertainty = np.asarray(uncertainty)
+    scores, idx = knn(embeddings, None, 1, metric=metric, block_size=block_size, mesh=mesh)
+    uncertainty = -scores[:, 0].astype(np.float64) if uncertainty is None else np.asarray(uncertainty)
     if uncertainty.shape != labels.shape:
         raise ValueError(f"uncertainty must have one score per sample, got {uncertainty.shape} for {labels.shape}")
-    _, idx = knn(embeddings, None, 1, metric=metric, block_size=block_size, mesh=mesh)
     correct = labels[idx[:, 0]] == labels
     fr, acc = rejection_curve(uncertainty, correct, fractions)
     return {"auroc": uncertainty_auroc(uncertainty, correct), "rejection_fractions": fr, "rejection_recall@1": acc}

@@ -423,6 +423,10 @@ def test_uncertainty_metrics_and_scores():
     assert out["auroc"] == pytest.approx(1.0)
     np.testing.assert_allclose(out["rejection_recall@1"], [3 / 5, 1.0])
     np.testing.assert_allclose(M.squared_norm_uncertainty(jnp.array([[3.0, 4.0]])), [25.0])
+    # default score: minus the nearest-neighbour cosine; the wrong ones (3 <-> 4) have cosine
+    # 2 / sqrt(5) = 0.894, the correct ones 1, 1 and 0.9994, so AUROC = 1
+    out = M.uncertainty_metrics(emb, labels, fractions=[0.0])
+    assert out["auroc"] == pytest.approx(1.0)
 
 
 def test_rejection_plot(tmp_path):
