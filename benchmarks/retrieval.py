@@ -174,7 +174,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=60502, help="queries = references")
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--k", type=int, default=100)
-    parser.add_argument("--noise", type=float, default=1.0, help="within-class noise norm relative to the centre")
+    parser.add_argument("--noise", type=float, default=2.2, help="within-class noise norm relative to the centre")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--block-size", type=int, default=1024)
     parser.add_argument("--ref-block-size", type=int, default=65536)

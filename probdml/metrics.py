@@ -325,7 +325,7 @@ def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
 
 
 def _required_depths(include, ks, counts, ref_includes_query, n_avail) -> dict[str, int]:
-    """Neighbours each requested metric needs (None: the caller's k)."""
+    """Neighbours each requested metric needs (map and mrr use whatever K is retrieved)."""
     r = counts - int(ref_includes_query)
     r_max = int(r.max(initial=0))
     need = {}
