@@ -243,6 +243,8 @@ def test_bad_arch_and_layout():
         resnet.resnet18().init(jax.random.key(0), jnp.zeros((1, 3, 32, 32)))
     with pytest.raises(ValueError, match="pooling must be one of"):
         resnet.global_pool(jnp.zeros((1, 2, 2, 4)), "sum")
+    with pytest.raises(ValueError, match=r"block must be one of \('basic', 'bottleneck'\), got 'wide'"):
+        resnet.ResidualBlock(width=8, block="wide").init(jax.random.key(0), jnp.zeros((1, 4, 4, 8)))
 
 
 def test_against_torchvision():
