@@ -2,40 +2,61 @@
 same inputs, in the same process.
 
     python benchmarks/losses.py [--batch 128] [--classes 100] [--dim 512] [--per-class 4] [--repeats 20]
+                                [--threads N]
 
-Each row: median wall time of one loss value and its gradient w.r.t. the embeddings (and the proxies),
+Each row: the minimum wall time over interleaved repeats of one loss value and its gradient w.r.t. the embeddings (and the proxies),
 probdml's call being a compiled `jax.jit(jax.value_and_grad(...))` (compilation excluded, timed after a
 warm-up), and the ratio pml / probdml (> 1: probdml faster). Miners run inside the timed call on both
 sides. Rows without a pytorch-metric-learning counterpart show probdml alone. Both libraries use their
-default CPU threading; the thread counts are printed.
+default CPU threading, or N threads each with --threads N (XLA's CPU flags and torch.set_num_threads;
+--threads 1 gives the steadiest ratios on a busy machine); the settings are printed.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+
+def _threads_from_argv() -> int | None:
+    """--threads must act before jax is imported (XLA reads its flags once)."""
+    for i, arg in enumerate(sys.argv):
+        if arg == "--threads" and i + 1 < len(sys.argv):
+            return int(sys.argv[i + 1])
+        if arg.startswith("--threads="):
+            return int(arg.split("=", 1)[1])
+    return None
+
+
+_THREADS = _threads_from_argv()
+if _THREADS is not None:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen="
+                               f"{'true' if _THREADS > 1 else 'false'} intra_op_parallelism_threads={_THREADS}")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from probdml import losses, mining, similarity  # noqa: E402
 
 
-def _median_ms(fn, repeats: int) -> float:
-    fn()
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def _min_ms(fns, repeats: int) -> list[float]:
+    """Minimum wall time (ms) of each function over `repeats` interleaved rounds (after two warm-up calls):
+    interleaving exposes all of them to the same machine load, the minimum discards interference."""
+    for fn in fns:
         fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+        fn()
+    best = [float("inf")] * len(fns)
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - t0)
+    return [1e3 * b for b in best]
 
 
 def _jax_timer(loss_fn, emb, *params):
@@ -72,6 +93,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--per-class", type=int, default=4, help="samples per class in the batch")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=None, help="threads for both libraries (default: theirs)")
     args = parser.parse_args()
     b, c, d = args.batch, args.classes, args.dim
 
@@ -152,20 +174,24 @@ def main() -> None:
         from pytorch_metric_learning import miners as pml_miners
     except ImportError:
         torch = None
-    print(f"batch {b}, {c} classes ({len(np.unique(labels_np))} in the batch), dim {d}; median of {args.repeats}")
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, cpu count {os.cpu_count()}", end="")
+    if torch is not None and args.threads is not None:
+        torch.set_num_threads(args.threads)
+    print(f"batch {b}, {c} classes ({len(np.unique(labels_np))} in the batch), dim {d}; min of {args.repeats} "
+          "interleaved runs")
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, cpu count {os.cpu_count()}, load average "
+          f"{os.getloadavg()[0]:.1f}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}", end="")
     print(f"; torch {torch.__version__}, {torch.get_num_threads()} threads" if torch else "; torch not installed")
-    print(f"{'loss':36s} {'probdml ms':>11s} {'pml ms':>9s} {'pml/probdml':>12s}")
+    print(f"{'loss':40s} {'probdml ms':>11s} {'pml ms':>9s} {'pml/probdml':>12s}")
     for name, ours, ref in rows:
-        ours_ms = _median_ms(ours, args.repeats)
         if ref is None or torch is None:
-            print(f"{name:36s} {ours_ms:11.2f} {'-':>9s} {'-':>12s}")
+            (ours_ms,) = _min_ms([ours], args.repeats)
+            print(f"{name:40s} {ours_ms:11.2f} {'-':>9s} {'-':>12s}")
             continue
         loss_name, loss_kw, miner_spec, params = ref
         loss = getattr(pml_losses, loss_name)(**loss_kw)
         miner = getattr(pml_miners, miner_spec[0])(**miner_spec[1]) if miner_spec else None
-        ref_ms = _median_ms(_torch_timer(torch, loss, emb_np, labels_np, miner, params), args.repeats)
-        print(f"{name:36s} {ours_ms:11.2f} {ref_ms:9.2f} {ref_ms / ours_ms:12.2f}")
+        ours_ms, ref_ms = _min_ms([ours, _torch_timer(torch, loss, emb_np, labels_np, miner, params)], args.repeats)
+        print(f"{name:40s} {ours_ms:11.2f} {ref_ms:9.2f} {ref_ms / ours_ms:12.2f}")
 
 
 def _ism_triplet(pair: similarity.Pairwise, labels):
@@ -174,16 +200,25 @@ def _ism_triplet(pair: similarity.Pairwise, labels):
 
 
 def _vmf_rows(emb, proxies, labels, key):
-    """probdml-only rows for the vMF kernels inside ProxyNCA++ (empty until the kernels are registered)."""
+    """probdml-only rows: ProxyNCA++ over the vMF kernels (image norms as concentrations, proxies with
+    concentration 10; nivMF proxies with per-axis concentrations)."""
+    c, d = proxies.shape
+    kappa = jnp.full((c,), 10.0)
+    kappas = jnp.full((c, d), 10.0)
+    emb = emb * 10.0
     rows = []
-    kappa = jnp.full((proxies.shape[0],), 10.0)
-    for name in ("el", "kl"):
-        if name not in similarity.SIMILARITIES:
-            continue
-        fn = similarity.get_similarity(name)
-        rows.append((f"proxy_nca_pp, {name} kernel", _jax_timer(
-            lambda e, p, fn=fn: losses.proxy_nca_pp(fn({"embedding": e}, {"embedding": p, "kappa": kappa}).similarity,
-                                                    labels, temperature=1.0), emb, proxies), None))
+    for name, options, concentration in [
+        ("el", {}, {"kappa": kappa}),
+        ("kl", {}, {"kappa": kappa}),
+        ("el_nivmf", {}, {"kappas": kappas}),
+        ("el_nivmf", {"estimator": "monte_carlo", "form": "reference_linear", "num_samples": 5}, {"kappas": kappas}),
+    ]:
+        fn = similarity.get_similarity(name, **options)
+        label = f"proxy_nca_pp, {name}" + (" (monte carlo, 5)" if options else "")
+        rows.append((label, _jax_timer(
+            lambda e, p, fn=fn, conc=concentration: losses.proxy_nca_pp(
+                fn({"embedding": e}, {"embedding": p, **conc}, key=key).similarity, labels, temperature=1.0),
+            emb, proxies), None))
     return rows
 
 

@@ -462,12 +462,16 @@ def _isotropic_parameters(bundle: Bundle) -> tuple[Array, Array]:
     return vmf_parameters(bundle)
 
 
+# Floor of the per-axis concentrations of an isotropic bundle read as nivMF (log det K = p log kappa).
+NIVMF_KAPPA_FLOOR = 1e-6
+
+
 def _nivmf_parameters(bundle: Bundle) -> tuple[Array, Array]:
-    """(mu, kappas [M, D]); a bundle without 'kappas' is isotropic, kappas = kappa * 1."""
+    """(mu, kappas [M, D]); a bundle without 'kappas' is isotropic, kappas = max(kappa, 1e-6) * 1."""
     if "kappas" in bundle:
         return l2_normalize(bundle["embedding"]), bundle["kappas"]
     mu, kappa = vmf_parameters(bundle)
-    return mu, kappa[:, None] * jnp.ones_like(mu)
+    return mu, jnp.maximum(kappa, NIVMF_KAPPA_FLOOR)[:, None] * jnp.ones_like(mu)
 
 
 def _check_normalizer(normalizer: str) -> None:

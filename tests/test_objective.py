@@ -83,6 +83,65 @@ def test_objectives_apply_the_loss_functions():
     assert np.isfinite(loss)
 
 
+def test_el_nivmf_proxy_nca_pp_objective():
+    """ProxyNCA++ over EL-nivMF: parameter groups, the loss it computes, finite gradients for every group,
+    the temperature inside the expectation, and the Monte Carlo estimator."""
+    outputs, labels = _inputs(2)
+    outputs = {"embedding": outputs["embedding"] * 5.0}
+    key = jax.random.key(3)
+    base = dict(similarity="el_nivmf", learn_temperature=True, temperature=0.1, proxy_concentration=4.0)
+    obj = objective.build_objective(_cfg("proxy_nca_pp", **base), C, D)
+    params = obj.init(jax.random.key(1))
+    assert set(params) == {"proxies", "proxy_kappa", "temperature"} and params["proxy_kappa"].shape == (C, D)
+    kappas = 0.1 + jax.nn.softplus(params["proxy_kappa"])
+    np.testing.assert_allclose(kappas, 4.0, rtol=1e-5)
+
+    @jax.jit
+    def run(params_, outputs_, key_):
+        return jax.value_and_grad(lambda p, o: obj.apply(p, o, labels, key_)[0], argnums=(0, 1))(params_, outputs_)
+
+    loss, (g_params, g_out) = run(params, outputs, key)
+    e = outputs["embedding"]
+    mu, kappa = similarity.vmf_parameters({"embedding": e})
+    s = similarity.el_nivmf(mu, kappa, similarity.l2_normalize(params["proxies"]), kappas)
+    np.testing.assert_allclose(loss, losses.proxy_nca_pp(s, labels, temperature=0.1), rtol=1e-5)
+    for g in jax.tree.leaves((g_params, g_out)):
+        assert np.all(np.isfinite(np.asarray(g))) and np.any(np.asarray(g) != 0)
+
+    inside = objective.build_objective(_cfg("proxy_nca_pp", similarity_options={"temperature_placement": "inside"},
+                                            **base), C, D)
+    loss_in, _ = jax.jit(inside.apply)(params, outputs, labels, key)
+    s_in = similarity.el_nivmf(mu, kappa, similarity.l2_normalize(params["proxies"]), kappas, temperature=0.1,
+                               temperature_placement="inside")
+    np.testing.assert_allclose(loss_in, losses.proxy_nca_pp(s_in, labels, temperature=1.0), rtol=1e-5)
+
+    mc = objective.build_objective(_cfg("proxy_nca_pp", similarity_options={"estimator": "monte_carlo",
+                                                                            "form": "stretched", "num_samples": 4},
+                                        **base), C, D)
+    loss_mc, _ = jax.jit(mc.apply)(params, outputs, labels, key)
+    assert np.isfinite(loss_mc)
+
+
+def test_isotropic_kernel_proxies_and_kappa_parameterisations():
+    outputs, labels = _inputs(4)
+    key = jax.random.key(0)
+    for kappa_param in objective.KAPPA_PARAMS:
+        obj = objective.build_objective(_cfg("proxy_anchor", similarity="el", kappa_param=kappa_param,
+                                             proxy_concentration=10.0), C, D)
+        params = obj.init(key)
+        assert params["proxy_kappa"].shape == (C,)
+        loss, _ = jax.jit(obj.apply)(params, outputs, labels, key)
+        mu, kappa = similarity.vmf_parameters(outputs)
+        expected = losses.proxy_anchor(similarity.ppk(mu, kappa, similarity.l2_normalize(params["proxies"]),
+                                                      jnp.full((C,), 10.0)), labels)
+        np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    with pytest.raises(ConfigError, match="proxy_concentration"):
+        objective.build_objective(_cfg("proxy_anchor", proxy_concentration=10.0), C, D)  # cosine has no kappa
+    with pytest.raises(ConfigError, match="closed form exists only"):
+        objective.build_objective(_cfg("proxy_nca_pp", similarity="el_nivmf", similarity_options={"form": "exact"}),
+                                  C, D)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Finite gradients on adversarial batches, for every loss with each similarity
 

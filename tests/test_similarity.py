@@ -213,9 +213,20 @@ ADVERSARIAL_CONFIGS = {
     "l2": ("l2", {}),
     "l2_normalized": ("l2", {"normalize": True}),
     **{f"ism_{m}_{f}_{b}": ("introspective", {"alpha_mode": m, "ism_form": f, "beta_form": b})
-       for m in ("cos", "euclid_norm", "compat_raw_proxy") for f in ("relative", "absolute")
-       for b in ("sumvec", "diff")},
+       for m, f, b in [("cos", "relative", "sumvec"), ("cos", "absolute", "diff"), ("euclid_norm", "relative", "diff"),
+                       ("euclid_norm", "absolute", "sumvec"), ("sqeuclid_norm", "relative", "sum"),
+                       ("compat_raw_proxy", "relative", "sumvec")]},
     "ism_compat": ("introspective", {"compat": True}),
+    "el": ("el", {}),
+    "bhattacharyya": ("bhattacharyya", {}),
+    "ppk_2": ("ppk", {"rho": 2.0}),
+    "kl": ("kl", {}),
+    "kl_reference": ("kl", {"reference_sign": True, "exact_mean_length": False, "normalizer": "reference_quadratic"}),
+    "loglik": ("loglik", {}),
+    **{f"loglik_nivmf_{f}": ("loglik_nivmf", {"form": f}) for f in ("exact", "stretched", "reference_linear")},
+    "el_nivmf": ("el_nivmf", {}),
+    "el_nivmf_inside": ("el_nivmf", {"temperature_placement": "inside"}),
+    "el_nivmf_mc_exact": ("el_nivmf", {"form": "exact", "estimator": "monte_carlo", "num_samples": 3}),
 }
 
 
@@ -234,16 +245,28 @@ def _rows(rng, n, d, kinds):
 
 
 def _similarity_grads(config_ids):
-    fns = {cid: similarity.get_similarity(n, **o) for cid, (n, o) in ((c, ADVERSARIAL_CONFIGS[c]) for c in config_ids)}
+    """One jitted function: each similarity's Pairwise and gradients of sum(similarity) + sum(distance)
+    w.r.t. both bundles, for (a, b) and (a, a); vMF-kernel references also get proxy concentrations."""
+    fns = {cid: (ADVERSARIAL_CONFIGS[cid][0], similarity.get_similarity(*ADVERSARIAL_CONFIGS[cid][:1],
+                                                                        **ADVERSARIAL_CONFIGS[cid][1]))
+           for cid in config_ids}
 
-    def run(a, b):
+    def run(a, b, kappa, key):
         out = {}
-        for cid, fn in fns.items():
+        for cid, (name, fn) in fns.items():
+            b_ref = dict(b)
+            kind = similarity.PROXY_CONCENTRATION.get(name)
+            if kind == "scalar":
+                b_ref["kappa"] = kappa
+            elif kind == "vector":
+                b_ref["kappas"] = kappa[:, None] * jnp.linspace(0.5, 2.0, b["embedding"].shape[1])
+
             def total(a_, b_, fn=fn):
-                p = fn(a_, b_)
+                p = fn(a_, b_, key=key, temperature=0.1)
                 return jnp.sum(p.similarity) + jnp.sum(p.distance)
 
-            out[cid] = (fn(a, b), jax.grad(total, argnums=(0, 1))(a, b), jax.grad(total)(a, a))
+            out[cid] = (fn(a, b_ref, key=key, temperature=0.1), jax.grad(total, argnums=(0, 1))(a, b_ref),
+                        jax.grad(total)(a, a))
         return out
 
     return jax.jit(run)
@@ -259,15 +282,18 @@ _ALL_SIMILARITY_GRADS = _similarity_grads(list(ADVERSARIAL_CONFIGS))
     b_kinds=st.lists(st.sampled_from(ROW_KINDS), min_size=NB_, max_size=NB_),
     u_kinds=st.lists(st.sampled_from(ROW_KINDS), min_size=NA, max_size=NA),
     b_equals_a=st.booleans(),
+    kappa=st.lists(st.sampled_from([0.1, 1.0, 50.0, 1e4]), min_size=NB_, max_size=NB_),
 )
-def test_every_similarity_has_finite_gradients_on_adversarial_bundles(seed, a_kinds, b_kinds, u_kinds, b_equals_a):
+def test_every_similarity_has_finite_gradients_on_adversarial_bundles(seed, a_kinds, b_kinds, u_kinds, b_equals_a,
+                                                                      kappa):
     rng = np.random.default_rng(seed)
     a = {"embedding": jnp.asarray(_rows(rng, NA, DE, a_kinds)), "uncertainty": jnp.asarray(_rows(rng, NA, DUNC, u_kinds))}
     b_rows = _rows(rng, NB_, DE, b_kinds)
     if b_equals_a:
         b_rows = np.asarray(a["embedding"])[:NB_]
     b = {"embedding": jnp.asarray(b_rows)}
-    for cid, (pair, grads_ab, grads_aa) in _ALL_SIMILARITY_GRADS(a, b).items():
+    results = _ALL_SIMILARITY_GRADS(a, b, jnp.asarray(kappa, jnp.float32), jax.random.key(seed))
+    for cid, (pair, grads_ab, grads_aa) in results.items():
         assert np.all(np.isfinite(np.asarray(pair.similarity))), (cid, "similarity")
         assert np.all(np.isfinite(np.asarray(pair.distance))), (cid, "distance")
         for g in jax.tree.leaves((grads_ab, grads_aa)):
@@ -311,15 +337,19 @@ def _vmf_pair(p=5, kappa=3.0, kappa_c=4.0, cos=0.6):
     return (jnp.asarray(a[None]), jnp.asarray([kappa]), jnp.asarray(b[None]), jnp.asarray([kappa_c]))
 
 
+@jax.jit
+def _kernels(mu_a, ka, mu_b, kb):
+    """EL, Bhattacharyya, PPK rho = 2, KL and the point log-likelihood, as [5, N, M]."""
+    return jnp.stack([similarity.ppk(mu_a, ka, mu_b, kb, rho=1.0), similarity.ppk(mu_a, ka, mu_b, kb, rho=0.5),
+                      similarity.ppk(mu_a, ka, mu_b, kb, rho=2.0), similarity.vmf_kl(mu_a, ka, mu_b, kb),
+                      similarity.vmf_loglik(mu_a, mu_b, kb)])
+
+
 def test_vmf_kernels_match_mpmath_and_the_spec_values():
     p, k, kc, cos = 5, 3.0, 4.0, 0.6
     resultant = math.sqrt(k * k + kc * kc + 2 * k * kc * cos)
     with jax.enable_x64(True):
-        mu_a, ka, mu_b, kb = _vmf_pair(p, k, kc, cos)
-        el = float(similarity.ppk(mu_a, ka, mu_b, kb, rho=1.0)[0, 0])
-        bc = float(similarity.ppk(mu_a, ka, mu_b, kb, rho=0.5)[0, 0])
-        kl = float(similarity.vmf_kl(mu_a, ka, mu_b, kb)[0, 0])
-        loglik = float(similarity.vmf_loglik(mu_a, mu_b, kb)[0, 0])
+        el, bc, _, kl, loglik = (float(v[0, 0]) for v in _kernels(*_vmf_pair(p, k, kc, cos)))
     np.testing.assert_allclose(el, _mp_log_c(p, k) + _mp_log_c(p, kc) - _mp_log_c(p, resultant), rtol=1e-12)
     np.testing.assert_allclose(
         bc, 0.5 * (_mp_log_c(p, k) + _mp_log_c(p, kc)) - _mp_log_c(p, 0.5 * resultant), rtol=1e-11)
@@ -356,10 +386,8 @@ def test_vmf_kernels_agree_with_monte_carlo(kappa, kappa_c, cos):
     log_fa = _mp_log_c(p, kappa) + kappa * (x @ a)
     log_fb = _mp_log_c(p, kappa_c) + kappa_c * (x @ b)
     with jax.enable_x64(True):
-        mu_a, ka, mu_b, kb = _vmf_pair(p, kappa, kappa_c, cos)
-        closed = {rho: float(similarity.ppk(mu_a, ka, mu_b, kb, rho=rho)[0, 0]) for rho in (1.0, 0.5, 2.0)}
-        kl = float(similarity.vmf_kl(mu_a, ka, mu_b, kb)[0, 0])
-    for rho, value in closed.items():
+        el, bc, ppk2, kl, _ = (float(v[0, 0]) for v in _kernels(*_vmf_pair(p, kappa, kappa_c, cos)))
+    for rho, value in ((1.0, el), (0.5, bc), (2.0, ppk2)):
         est, se = _mc_log_integral(rho * (log_fa + log_fb), _log_area(p))
         assert abs(est - value) < 4 * se, (rho, est, value, se)
     # KL = area E_unif[f_a (log f_a - log f_b)]
@@ -375,10 +403,16 @@ def test_nivmf_pairwise_log_prob_matches_distributions():
         x = jnp.asarray(_uniform_sphere(rng, 4, p))
         mu = jnp.asarray(_uniform_sphere(rng, 3, p))
         kappas = jnp.asarray(rng.uniform(0.2, 5.0, size=(3, p)))
-        for form in similarity.NIVMF_FORMS:
-            ours = similarity.nivmf_pairwise_log_prob(x, mu, kappas, form=form)
-            ref = distributions.nivmf_log_prob(x[:, None, :], mu[None], kappas[None], form=form)
-            np.testing.assert_allclose(ours, ref, rtol=1e-12)
+
+        @jax.jit
+        def both(x_, mu_, kappas_):
+            ours = [similarity.nivmf_pairwise_log_prob(x_, mu_, kappas_, form=f) for f in similarity.NIVMF_FORMS]
+            ref = [distributions.nivmf_log_prob(x_[:, None, :], mu_[None], kappas_[None], form=f)
+                   for f in similarity.NIVMF_FORMS]
+            return jnp.stack(ours), jnp.stack(ref)
+
+        ours, ref = both(x, mu, kappas)
+        np.testing.assert_allclose(ours, ref, rtol=1e-12)
 
 
 def _nivmf_case(p=5, seed=2):
@@ -390,63 +424,56 @@ def _nivmf_case(p=5, seed=2):
     return mu_a, kappa_a, mu_b, kappas_b
 
 
-@pytest.mark.parametrize("form", ["reference_linear", "stretched", "exact"])
-def test_el_nivmf_monte_carlo_matches_independent_quadrature(form):
-    """probdml's estimators (closed form where it exists, else its sampler-based Monte Carlo with 2e5
-    samples) against log E_vMF[nivMF] by 10^6 uniform points (numpy) within 4 combined standard errors."""
-    p = 5
-    mu_a, kappa_a, mu_b, kappas_b = _nivmf_case(p)
-    rng = np.random.default_rng(3)
-    x = _uniform_sphere(rng, 1_000_000, p)
-    with jax.enable_x64(True):
-        xj = jnp.asarray(x)
-        log_niv = np.asarray(similarity.nivmf_pairwise_log_prob(xj, jnp.asarray(mu_b), jnp.asarray(kappas_b),
-                                                                form=form))  # [n, M]
-        n_mc = 200_000
-        ours = np.asarray(similarity.el_nivmf(
-            jnp.asarray(mu_a), jnp.asarray(kappa_a), jnp.asarray(mu_b), jnp.asarray(kappas_b), form=form,
-            estimator="monte_carlo", num_samples=n_mc, key=jax.random.key(0)))
-        if form == "reference_linear":
-            closed = np.asarray(similarity.el_nivmf(jnp.asarray(mu_a), jnp.asarray(kappa_a), jnp.asarray(mu_b),
-                                                    jnp.asarray(kappas_b)))
-            np.testing.assert_allclose(ours, closed, atol=0.02)
-    for i in range(2):
+def _quadrature(p, mu_a, kappa_a, log_niv, x, t):
+    """log E_{vMF(mu_a_i, ka_i)}[exp(l_ij / t)] by uniform points x, with its standard error, and the
+    standard error that an n-sample estimator drawing from the vMF itself has (n = 1)."""
+    out = np.zeros((2, len(mu_a), log_niv.shape[1]))
+    own_sd = np.zeros_like(out[0])
+    for i in range(len(mu_a)):
         log_vmf = _mp_log_c(p, kappa_a[i]) + kappa_a[i] * (x @ mu_a[i])
-        for j in range(3):
-            est, se = _mc_log_integral(log_vmf + log_niv[:, j], _log_area(p))
-            # our estimate's own standard error is about sqrt(1e6 / 2e5) times larger than the quadrature's
-            tol = 4 * se * (1 + math.sqrt(1_000_000 / n_mc)) + 1e-3
-            if form == "reference_linear":
-                assert abs(est - closed[i, j]) < 4 * se
-            assert abs(est - ours[i, j]) < tol, (form, i, j, est, ours[i, j], se)
+        for j in range(log_niv.shape[1]):
+            g = log_niv[:, j] / t
+            out[:, i, j] = _mc_log_integral(log_vmf + g, _log_area(p))
+            # E_vMF[e^{2g}] / E_vMF[e^g]^2 - 1 is the relative variance of one vMF sample of e^g
+            second, _ = _mc_log_integral(log_vmf + 2 * g, _log_area(p))
+            own_sd[i, j] = math.sqrt(max(math.exp(second - 2 * out[0, i, j]) - 1, 0.0))
+    return out[0], out[1], own_sd
 
 
-def test_el_nivmf_temperature_placement():
-    p = 5
-    mu_a, kappa_a, mu_b, kappas_b = (jnp.asarray(v) for v in _nivmf_case(p))
-    t = 0.5
+@jax.jit
+def _el_nivmf_all(mu_a, kappa_a, mu_b, kappas_b, key):
+    """Closed form (outside, and inside at T = 0.5), and the sampler-based estimate of the exact form
+    (inside, T = 0.5, 20000 samples)."""
+    closed_out = similarity.el_nivmf(mu_a, kappa_a, mu_b, kappas_b, temperature=0.5)
+    closed_in = similarity.el_nivmf(mu_a, kappa_a, mu_b, kappas_b, temperature=0.5, temperature_placement="inside")
+    mc = similarity.el_nivmf(mu_a, kappa_a, mu_b, kappas_b, form="exact", estimator="monte_carlo",
+                             num_samples=20_000, temperature=0.5, temperature_placement="inside", key=key)
+    return closed_out, closed_in, mc
+
+
+def test_el_nivmf_closed_form_and_monte_carlo_match_independent_quadrature():
+    """EL-nivMF against log E_vMF[nivMF^(1/T')] by 10^6 uniform points on S^4 (numpy quadrature of
+    probdml's density, checked against probdml.distributions above), within 4 standard errors:
+    the closed form (reference_linear, T' = 1 and T' = T = 0.5) and the Monte Carlo estimator through
+    probdml.distributions.vmf_sample (exact form, T inside)."""
+    p, t = 5, 0.5
+    mu_a, kappa_a, mu_b, kappas_b = _nivmf_case(p)
+    x = _uniform_sphere(np.random.default_rng(3), 1_000_000, p)
     with jax.enable_x64(True):
-        args = [jnp.asarray(v, jnp.float64) for v in (mu_a, kappa_a, mu_b, kappas_b)]
-        outside = similarity.el_nivmf(*args, temperature=t)
-        np.testing.assert_allclose(outside, similarity.el_nivmf(*args, temperature=1.0))  # T unused outside
-        inside = similarity.el_nivmf(*args, temperature=t, temperature_placement="inside")
-        mc = similarity.el_nivmf(*args, temperature=t, temperature_placement="inside", estimator="monte_carlo",
-                                 num_samples=200_000, key=jax.random.key(5))
-        np.testing.assert_allclose(mc, inside, atol=0.05)
-        # log E[niv^(1/T)] >= (1/T) log E[niv] (Jensen, T < 1), strictly here
-        assert np.all(np.asarray(inside) > np.asarray(outside) / t)
-
-
-def test_el_nivmf_with_isotropic_kappas_is_the_el_kernel():
-    """exact nivMF with K = kappa I is vMF(mu, kappa): its EL kernel is the closed-form PPK (rho = 1)."""
-    p = 5
-    rng = np.random.default_rng(6)
-    with jax.enable_x64(True):
-        mu_a, mu_b = jnp.asarray(_uniform_sphere(rng, 2, p)), jnp.asarray(_uniform_sphere(rng, 3, p))
-        ka, kb = jnp.array([2.0, 5.0]), jnp.array([1.0, 3.0, 4.0])
-        mc = similarity.el_nivmf(mu_a, ka, mu_b, kb[:, None] * jnp.ones(p), form="exact", estimator="monte_carlo",
-                                 num_samples=200_000, key=jax.random.key(7))
-        np.testing.assert_allclose(mc, similarity.ppk(mu_a, ka, mu_b, kb), atol=0.02)
+        closed_out, closed_in, mc = (np.asarray(v) for v in _el_nivmf_all(
+            *(jnp.asarray(v) for v in (mu_a, kappa_a, mu_b, kappas_b)), jax.random.key(0)))
+        niv = jax.jit(lambda x_, form: similarity.nivmf_pairwise_log_prob(
+            x_, jnp.asarray(mu_b), jnp.asarray(kappas_b), form=form), static_argnums=1)
+        log_linear, log_exact = np.asarray(niv(jnp.asarray(x), "reference_linear")), np.asarray(
+            niv(jnp.asarray(x), "exact"))
+    for t_eff, closed in ((1.0, closed_out), (t, closed_in)):
+        est, se, _ = _quadrature(p, mu_a, kappa_a, log_linear, x, t_eff)
+        assert np.all(np.abs(est - closed) < 4 * se), (t_eff, est, closed, se)
+    est, se, own_sd = _quadrature(p, mu_a, kappa_a, log_exact, x, t)
+    tol = 4 * np.sqrt(se ** 2 + own_sd ** 2 / 20_000)
+    assert np.all(np.abs(est - mc) < tol), (est, mc, tol)
+    # the temperature inside is not (1/T) log E[niv]: Jensen makes it larger for T < 1
+    assert np.all(closed_in > closed_out / t)
 
 
 def test_kl_reference_mode_reproduces_the_official_formula():
@@ -454,8 +481,8 @@ def test_kl_reference_mode_reproduces_the_official_formula():
     with jax.enable_x64(True):
         a = {"embedding": jnp.asarray(_unit(p, 1.0)[0][None] * k)}
         b = {"embedding": jnp.asarray(_unit(p, cos)[1][None]), "kappa": jnp.array([kc])}
-        ref = similarity.get_similarity("kl", reference_sign=True, exact_mean_length=False)(a, b).similarity
-        default = similarity.get_similarity("kl")(a, b)
+        ref = jax.jit(similarity.get_similarity("kl", reference_sign=True, exact_mean_length=False))(a, b).similarity
+        default = jax.jit(similarity.get_similarity("kl"))(a, b)
     np.testing.assert_allclose(ref, [[_mp_log_c(p, k) - _mp_log_c(p, kc) + k - kc * cos]], rtol=1e-12)  # ~1.138
     assert abs(float(ref[0, 0]) - 1.138) < 1e-3
     np.testing.assert_allclose(default.similarity, [[-0.8314]], atol=1e-4)
