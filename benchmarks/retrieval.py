@@ -4,9 +4,12 @@ Synthetic clustered embeddings with SOP-like class sizes (2..12 per class, mean 
 SOP test split: 60,502 images, 11,316 classes), L2-normalised, dim 512. Both methods compute
 recall@{1,10,100} and MAP@R by leave-one-out cosine retrieval (k = 100 neighbours; MAP@R needs
 the largest class size - 1 = 11). Each method runs in its own child process so that its peak
-resident memory (ru_maxrss) and wall time are its own; both are in the same run, so their ratio
-is meaningful on a shared machine. faiss is searched with k + 1 and its self-match dropped by
-index; both neighbour lists go through the same `metrics_from_neighbors`.
+resident memory (ru_maxrss), wall time and CPU time (all threads) are its own; both run in the
+same invocation, so their ratio is meaningful on a shared machine (the CPU-time ratio is the
+less load-sensitive one). faiss is searched with k + 1 and its self-match dropped by index;
+both neighbour lists go through the same `metrics_from_neighbors`. With --kmeans, k-means
+(k = number of classes, at most 20 iterations, both stopping at convergence) + NMI/AMI/F1 are
+timed against faiss.Kmeans.
 
     python benchmarks/retrieval.py                 # full size (N = 60,502)
     python benchmarks/retrieval.py --n 8000        # quick

@@ -585,8 +585,8 @@ def kmeans(
     Inertia = sum_i ||x_i - c_{a_i}||^2. `init`: ``'random'`` (C distinct samples drawn
     uniformly, as faiss, which PML and RDML use) or ``'k-means++'``. Each of `n_init` runs
     (keys split from `seed`) does at most `max_iter` Lloyd updates, stopping early once the total
-    squared centroid shift is <= tol * mean per-feature variance (sklearn's rule; tol = 0 runs all
-    iterations, as faiss's niter); the run of least inertia is kept. An empty cluster keeps its
+    squared centroid shift is <= tol * mean per-feature variance (sklearn's rule; tol = 0 stops
+    only at a fixed point, where further updates change nothing); the run of least inertia is kept. An empty cluster keeps its
     previous centroid. Assignments are to the final centroids; ties go to the lower cluster index.
     Memory: O(block_size * C) per step.
     """
@@ -613,7 +613,7 @@ def kmeans(
         for _ in range(max_iter):
             _, _, sums, cnt = _assign(xp, centroids, n_valid, block)
             new = jnp.where(cnt[:, None] > 0, sums / jnp.maximum(cnt, 1)[:, None], centroids)
-            converged = tol > 0 and float(jnp.sum((new - centroids) ** 2)) <= threshold
+            converged = float(jnp.sum((new - centroids) ** 2)) <= threshold
             centroids = new
             if converged:
                 break

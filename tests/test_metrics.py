@@ -376,6 +376,14 @@ def test_kmeans_lloyd_step_and_recovery():
     np.testing.assert_allclose(c1, expected, atol=1e-5)
     a1 = np.argmin(((x[:, None].astype(np.float64) - c1[None]) ** 2).sum(-1), axis=1)
     assert inertia1 == pytest.approx(((x - c1[a1]) ** 2).sum(), rel=1e-4)
+    # many iterations (stopping early at the fixed point) = plain Lloyd iterations in NumPy
+    c = c0.astype(np.float64)
+    for _ in range(50):
+        a = np.argmin(((x[:, None].astype(np.float64) - c[None]) ** 2).sum(-1), axis=1)
+        c = np.stack([x[a == j].mean(0) if np.any(a == j) else c[j] for j in range(5)])
+    a50, c50, _ = M.kmeans(x, 5, seed=3, max_iter=50)
+    np.testing.assert_array_equal(a50, a)
+    np.testing.assert_allclose(c50, c, atol=1e-5)
     out = M.clustering_metrics(x, y, init="k-means++", n_init=2, max_iter=10)
     assert out["nmi"] == pytest.approx(1.0) and out["f1"] == pytest.approx(1.0)
     # several inits keep the best inertia: never worse than the first init alone
