@@ -13,11 +13,12 @@ from probdml.errors import ConfigError, unknown_choice
 
 def _builders() -> dict:
     from probdml.data.digits import Digits
+    from probdml.data.glyphs import Glyphs
 
-    return {"digits": Digits}
+    return {"digits": Digits, "glyphs": Glyphs}
 
 
-DATASET_NAMES = ("digits",)
+DATASET_NAMES = ("digits", "glyphs")
 
 
 def data_dir(data_cfg: ml_collections.ConfigDict) -> str:

@@ -1,0 +1,329 @@
+"""TFDS builder `glyphs`: Unicode characters rendered with the 16 typefaces bundled with matplotlib.
+
+A fine-grained, class-disjoint retrieval benchmark that needs no download. Every image is one
+character drawn with Pillow from one of the typefaces in matplotlib's `mpl-data/fonts/ttf`
+(DejaVu Sans, DejaVu Sans Mono, DejaVu Serif, STIX General; each regular, bold, italic/oblique
+and bold italic), then randomly augmented, grayscale (white ink on black), `size` x `size`.
+
+Classes. A candidate is a code point that the character map (cmap) of every one of the 16 fonts
+contains, read with fontTools, excluding Unicode categories C* (control, format) and Z*
+(separators). Candidates are walked in code-point order; a candidate is dropped when its clean
+rendering is empty in some typeface, or when it is confusable with a character kept before it:
+two characters are confusable when the root-mean-square difference of their clean
+`REFERENCE_SIZE` x `REFERENCE_SIZE` renderings (intensities in [0, 1]) is below
+`CONFUSABLE_RMS` in at least `CONFUSABLE_MIN_TYPEFACES` of the 16 typefaces. This drops
+homoglyphs such as Greek Alpha and Cyrillic A (kept: Latin A), Cyrillic o, the non-breaking
+hyphen and the single low-9 quotation mark, and keeps characters that coincide in only a few
+typefaces (Cyrillic te and Latin m in DejaVu Serif Italic): genuinely ambiguous samples. The
+class list depends on no builder option. Class ids are positions in the code-point-sorted list.
+
+Layout of a clean rendering: a canvas of MASTER_SCALE * size pixels, the em box 0.6 of the
+canvas height, the baseline at 0.75 of it, the ink box centred horizontally. Vertical position
+and size therefore carry information (comma vs apostrophe, o vs O), as in text.
+
+Augmentation, per (character, typeface, sample), drawn from rng([seed, code point, typeface]):
+stroke thickness (grey erosion or dilation of the supersampled rendering by a 3x3 or 5x5 square,
+1 supersampled pixel = 1/MASTER_SCALE output pixel per side), then an affine map (isotropic scale
+log-uniform in [1/MAX_SCALE, MAX_SCALE], anisotropy, rotation, shear, translation in output
+pixels), resampled bilinearly to `size` x `size` after an antialiasing Gaussian, then Gaussian
+blur, contrast and additive Gaussian noise, rounded to uint8.
+
+Split: a permutation of the class ids by rng(SPLIT_SEED) (optionally truncated to
+`max_classes`); its first ceil(n/2) classes are `train`, the rest `test`; with
+`validation_fraction > 0` the first round(fraction * n_train) training classes form a
+`validation` split and leave `train`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+import unicodedata
+
+import numpy as np
+import tensorflow_datasets as tfds
+from scipy import ndimage
+
+TYPEFACES: tuple[tuple[str, str], ...] = (
+    ("DejaVu Sans", "DejaVuSans.ttf"),
+    ("DejaVu Sans Bold", "DejaVuSans-Bold.ttf"),
+    ("DejaVu Sans Oblique", "DejaVuSans-Oblique.ttf"),
+    ("DejaVu Sans Bold Oblique", "DejaVuSans-BoldOblique.ttf"),
+    ("DejaVu Sans Mono", "DejaVuSansMono.ttf"),
+    ("DejaVu Sans Mono Bold", "DejaVuSansMono-Bold.ttf"),
+    ("DejaVu Sans Mono Oblique", "DejaVuSansMono-Oblique.ttf"),
+    ("DejaVu Sans Mono Bold Oblique", "DejaVuSansMono-BoldOblique.ttf"),
+    ("DejaVu Serif", "DejaVuSerif.ttf"),
+    ("DejaVu Serif Bold", "DejaVuSerif-Bold.ttf"),
+    ("DejaVu Serif Italic", "DejaVuSerif-Italic.ttf"),
+    ("DejaVu Serif Bold Italic", "DejaVuSerif-BoldItalic.ttf"),
+    ("STIX General", "STIXGeneral.ttf"),
+    ("STIX General Bold", "STIXGeneralBol.ttf"),
+    ("STIX General Italic", "STIXGeneralItalic.ttf"),
+    ("STIX General Bold Italic", "STIXGeneralBolIta.ttf"),
+)
+MASTER_SCALE = 4
+EM_FRACTION = 0.66
+BASELINE_FRACTION = 0.74
+REFERENCE_SIZE = 32
+CONFUSABLE_RMS = 0.02
+CONFUSABLE_MIN_TYPEFACES = 8
+SPLIT_SEED = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+    """Ranges of the random augmentation (output-pixel units scale with size / 32)."""
+
+    max_scale: float = 1.15  # isotropic scale log-uniform in [1/max_scale, max_scale]
+    max_aspect: float = 1.1  # x/y stretch log-uniform in [1/max_aspect, max_aspect]
+    max_rotation_deg: float = 10.0
+    max_shear: float = 0.2  # x += shear * y
+    max_translation: float = 2.5  # output pixels at size 32
+    stroke_probs: tuple[float, ...] = (0.2, 0.35, 0.25, 0.2)  # erode 3x3, none, dilate 3x3, dilate 5x5
+    max_blur_sigma: float = 0.6  # output pixels at size 32, uniform in [0, max]
+    min_contrast: float = 0.6  # ink intensity uniform in [min_contrast, 1]
+    max_noise_std: float = 0.08  # additive N(0, std^2), std uniform in [0, max]
+
+
+def font_dir() -> str:
+    """matplotlib's bundled TrueType directory (mpl-data/fonts/ttf)."""
+    import matplotlib
+
+    return os.path.join(matplotlib.get_data_path(), "fonts", "ttf")
+
+
+def font_paths() -> list[str]:
+    return [os.path.join(font_dir(), filename) for _, filename in TYPEFACES]
+
+
+def cmap_codepoints(path: str) -> frozenset[int]:
+    """Code points in the font's best Unicode character map (fontTools)."""
+    from fontTools.ttLib import TTFont
+
+    with TTFont(path, lazy=True) as font:
+        return frozenset(font.getBestCmap())
+
+
+def candidate_codepoints() -> list[int]:
+    """Sorted code points every typeface maps, without categories C* (control/format) and Z* (space)."""
+    common = frozenset.intersection(*(cmap_codepoints(p) for p in font_paths()))
+    return sorted(c for c in common if unicodedata.category(chr(c))[0] not in "CZ")
+
+
+def render(codepoints: list[int], path: str, canvas: int) -> np.ndarray:
+    """Clean renderings uint8 [N, canvas, canvas] of `codepoints` in one font (layout: module doc)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.truetype(path, size=round(EM_FRACTION * canvas))
+    baseline = round(BASELINE_FRACTION * canvas)
+    out = np.zeros((len(codepoints), canvas, canvas), np.uint8)
+    for i, cp in enumerate(codepoints):
+        left, _, right, _ = font.getbbox(chr(cp), anchor="ls")
+        image = Image.new("L", (canvas, canvas), 0)
+        x = round(canvas / 2 - (left + right) / 2)
+        ImageDraw.Draw(image).text((x, baseline), chr(cp), font=font, fill=255, anchor="ls")
+        out[i] = np.asarray(image)
+    return out
+
+
+def downsample(masters: np.ndarray, factor: int = MASTER_SCALE) -> np.ndarray:
+    """float32 in [0, 1]: mean over factor x factor blocks of the last two axes, / 255."""
+    *lead, h, w = masters.shape
+    cols = masters.reshape(*lead, h, w // factor, factor).sum(axis=-1, dtype=np.uint32)
+    blocks = cols.reshape(*lead, h // factor, factor, w // factor).sum(axis=-2)
+    return (blocks / np.float32(255 * factor * factor)).astype(np.float32)
+
+
+def rms_distances(clean: np.ndarray) -> np.ndarray:
+    """[F, N, N] root-mean-square pixel difference sqrt(mean((x_i - x_j)^2)) per typeface."""
+    f, n = clean.shape[:2]
+    x = clean.reshape(f, n, -1).astype(np.float64)
+    sq = np.sum(x * x, axis=-1)
+    d2 = sq[:, :, None] + sq[:, None, :] - 2.0 * (x @ x.transpose(0, 2, 1))
+    return np.sqrt(np.maximum(d2, 0.0) / x.shape[-1])
+
+
+def select_classes(codepoints: list[int], clean: np.ndarray) -> tuple[list[int], dict[int, str]]:
+    """Greedy class selection (rule: module doc). clean: float [F, N, H, W] in [0, 1].
+
+    Returns (kept code points, {dropped code point: reason}).
+    """
+    empty = np.any(clean.max(axis=(-2, -1)) == 0.0, axis=0)
+    near = np.sum(rms_distances(clean) < CONFUSABLE_RMS, axis=0) >= CONFUSABLE_MIN_TYPEFACES
+    kept: list[int] = []
+    dropped: dict[int, str] = {}
+    for j, cp in enumerate(codepoints):
+        if empty[j]:
+            dropped[cp] = "empty rendering"
+            continue
+        twins = [i for i in kept if near[i, j]]
+        if twins:
+            dropped[cp] = f"confusable with U+{codepoints[twins[0]]:04X}"
+            continue
+        kept.append(j)
+    return [codepoints[i] for i in kept], dropped
+
+
+@functools.lru_cache(maxsize=1)
+def class_codepoints() -> tuple[int, ...]:
+    """The class list: code points kept by `select_classes` at REFERENCE_SIZE (cached)."""
+    candidates = candidate_codepoints()
+    canvas = MASTER_SCALE * REFERENCE_SIZE
+    clean = np.stack([downsample(render(candidates, p, canvas)) for p in font_paths()])
+    return tuple(select_classes(candidates, clean)[0])
+
+
+def split_classes(
+    num_classes: int, max_classes: int = 0, validation_fraction: float = 0.0
+) -> dict[str, np.ndarray]:
+    """Class ids (sorted int64) of each split: rng(SPLIT_SEED) permutation, first ceil(n/2) train."""
+    if not 0.0 <= validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+    order = np.random.default_rng(SPLIT_SEED).permutation(num_classes)
+    if max_classes:
+        if not 2 <= max_classes <= num_classes:
+            raise ValueError(f"max_classes must be 0 (all) or in [2, {num_classes}], got {max_classes}")
+        order = order[:max_classes]
+    n_train = math.ceil(len(order) / 2)
+    n_val = round(validation_fraction * n_train)
+    splits = {"train": order[n_val:n_train], "test": order[n_train:]}
+    if validation_fraction > 0:
+        splits["validation"] = order[:n_val]
+    return {name: np.sort(ids).astype(np.int64) for name, ids in splits.items()}
+
+
+def _affine(rng: np.random.Generator, aug: Augmentation, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(matrix, offset) mapping output pixel (row, col) to supersampled master coordinates."""
+    unit = size / 32.0
+    scale = np.exp(rng.uniform(-1.0, 1.0) * np.log(aug.max_scale))
+    aspect = np.exp(rng.uniform(-1.0, 1.0) * np.log(aug.max_aspect))
+    theta = np.deg2rad(rng.uniform(-aug.max_rotation_deg, aug.max_rotation_deg))
+    shear = rng.uniform(-aug.max_shear, aug.max_shear)
+    shift = rng.uniform(-aug.max_translation, aug.max_translation, size=2) * unit
+    # Forward map in (x, y) = (col, row) about the centre: stretch, shear, rotate.
+    stretch = np.diag([scale * aspect, scale / aspect])
+    shear_m = np.array([[1.0, shear], [0.0, 1.0]])
+    c, s = np.cos(theta), np.sin(theta)
+    rot = np.array([[c, -s], [s, c]])
+    forward_xy = rot @ shear_m @ stretch
+    inverse_xy = np.linalg.inv(forward_xy)
+    swap = np.array([[0.0, 1.0], [1.0, 0.0]])  # (x, y) <-> (row, col)
+    inverse_rc = swap @ inverse_xy @ swap
+    matrix = MASTER_SCALE * inverse_rc
+    centre_out = (size - 1) / 2.0
+    centre_master = (MASTER_SCALE * size - 1) / 2.0
+    offset = centre_master - matrix @ (np.full(2, centre_out) + shift[::-1])
+    return matrix, offset
+
+
+def _stroke(master: np.ndarray, variant: int) -> np.ndarray:
+    if variant == 0:
+        return ndimage.grey_erosion(master, size=(3, 3))
+    if variant == 1:
+        return master
+    return ndimage.grey_dilation(master, size=(3, 3) if variant == 2 else (5, 5))
+
+
+def augment(
+    master: np.ndarray, num_samples: int, size: int, rng: np.random.Generator, aug: Augmentation = Augmentation()
+) -> np.ndarray:
+    """`num_samples` augmented uint8 [size, size] images from one supersampled rendering (module doc)."""
+    master = master.astype(np.float32) / 255.0
+    unit = size / 32.0
+    variants = rng.choice(len(aug.stroke_probs), size=num_samples, p=np.asarray(aug.stroke_probs))
+    out = np.empty((num_samples, size, size), np.uint8)
+    prefiltered: dict[int, np.ndarray] = {}
+    for k in range(num_samples):
+        v = int(variants[k])
+        if v not in prefiltered:
+            prefiltered[v] = ndimage.gaussian_filter(_stroke(master, v), sigma=0.5 * MASTER_SCALE, mode="constant")
+        matrix, offset = _affine(rng, aug, size)
+        x = ndimage.affine_transform(
+            prefiltered[v], matrix, offset, output_shape=(size, size), order=1, mode="constant", cval=0.0
+        )
+        sigma = rng.uniform(0.0, aug.max_blur_sigma) * unit
+        if sigma > 0.05:
+            x = ndimage.gaussian_filter(x, sigma=sigma, mode="constant")
+        contrast = rng.uniform(aug.min_contrast, 1.0)
+        noise = rng.normal(0.0, rng.uniform(0.0, aug.max_noise_std), size=x.shape)
+        out[k] = np.rint(np.clip(contrast * x + noise, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return out
+
+
+@dataclasses.dataclass
+class GlyphsConfig(tfds.core.BuilderConfig):
+    """size: output side in pixels; samples_per_typeface: augmented images per (class, typeface);
+    max_classes: 0 = every class, else the first max_classes of the split permutation;
+    validation_fraction: share of training classes moved to a `validation` split; seed: augmentation."""
+
+    size: int = 32
+    samples_per_typeface: int = 4
+    max_classes: int = 0
+    validation_fraction: float = 0.0
+    seed: int = 0
+
+
+class Glyphs(tfds.core.GeneratorBasedBuilder):
+    """Characters x the 16 matplotlib typefaces, augmented; class-disjoint train/test split."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    BUILDER_CONFIGS = [
+        GlyphsConfig(name="default", description="32x32, 4 samples per class and typeface, every class."),
+        GlyphsConfig(
+            name="validation",
+            description="As default, with 20% of the training classes held out as a validation split.",
+            validation_fraction=0.2,
+        ),
+        GlyphsConfig(
+            name="tiny", description="For tests: 12 classes, 1 sample per class and typeface.",
+            max_classes=12, samples_per_typeface=1,
+        ),
+    ]
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        cfg = self.builder_config
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=__doc__,
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(cfg.size, cfg.size, 1)),
+                    "label": tfds.features.ClassLabel(names=[f"U+{cp:04X}" for cp in class_codepoints()]),
+                    "codepoint": np.int64,
+                    "typeface": tfds.features.ClassLabel(names=[name for name, _ in TYPEFACES]),
+                    "index": np.int64,
+                }
+            ),
+            supervised_keys=("image", "label"),
+            homepage="https://matplotlib.org/stable/users/explain/text/fonts.html",
+        )
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+        del dl_manager
+        cfg = self.builder_config
+        splits = split_classes(len(class_codepoints()), cfg.max_classes, cfg.validation_fraction)
+        return {name: self._generate_examples(ids) for name, ids in splits.items()}
+
+    def _generate_examples(self, class_ids: np.ndarray):
+        cfg = self.builder_config
+        codepoints = class_codepoints()
+        per_class = len(TYPEFACES) * cfg.samples_per_typeface
+        chosen = [codepoints[int(i)] for i in class_ids]
+        for f, path in enumerate(font_paths()):
+            masters = render(chosen, path, MASTER_SCALE * cfg.size)
+            for class_id, cp, master in zip(class_ids, chosen, masters):
+                rng = np.random.default_rng([cfg.seed, cp, f])
+                images = augment(master, cfg.samples_per_typeface, cfg.size, rng)
+                for s, image in enumerate(images):
+                    index = int(class_id) * per_class + f * cfg.samples_per_typeface + s
+                    yield index, {
+                        "image": image[..., None],
+                        "label": int(class_id),
+                        "codepoint": cp,
+                        "typeface": f,
+                        "index": index,
+                    }
