@@ -10,7 +10,7 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
-    config.num_steps = 2000
+    config.num_steps = 1500
     config.log_every = 100
     config.eval_every = 500
     config.checkpoint_every = 500
@@ -28,7 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict()
     config.model.name = "small_resnet"
     config.model.embed_dim = 64
-    config.model.widths = (32, 64, 128)
+    config.model.widths = (16, 32, 64)
     config.model.blocks_per_stage = 1
     config.model.groups = 8
     config.model.pooling = "avgmax"
@@ -45,7 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.optim.weight_decay = 1e-4
     config.optim.lr_mults = {"proxies": 100.0}
     config.optim.schedule = "cosine"
-    config.optim.decay_steps = 2000
+    config.optim.decay_steps = 1500
     config.optim.grad_clip_value = 0.0  # 0 = no clipping
 
     config.eval = ml_collections.ConfigDict()

@@ -168,12 +168,21 @@ def select_classes(codepoints: list[int], clean: np.ndarray) -> tuple[list[int],
 
 
 @functools.lru_cache(maxsize=1)
-def class_codepoints() -> tuple[int, ...]:
-    """The class list: code points kept by `select_classes` at REFERENCE_SIZE (cached)."""
+def reference_renderings() -> tuple[tuple[int, ...], np.ndarray]:
+    """(candidate code points, their clean renderings float32 [F, N, REFERENCE_SIZE, REFERENCE_SIZE]
+    in [0, 1], read-only), cached."""
     candidates = candidate_codepoints()
     canvas = MASTER_SCALE * REFERENCE_SIZE
     clean = np.stack([downsample(render(candidates, p, canvas)) for p in font_paths()])
-    return tuple(select_classes(candidates, clean)[0])
+    clean.setflags(write=False)
+    return tuple(candidates), clean
+
+
+@functools.lru_cache(maxsize=1)
+def class_codepoints() -> tuple[int, ...]:
+    """The class list: code points kept by `select_classes` at REFERENCE_SIZE (cached)."""
+    candidates, clean = reference_renderings()
+    return tuple(select_classes(list(candidates), clean)[0])
 
 
 def split_classes(
