@@ -1,5 +1,6 @@
 """The glyphs TFDS builder: class rule, split, determinism and augmentation (the `tiny` config)."""
 
+import dataclasses
 import os
 import unicodedata
 
@@ -133,22 +134,52 @@ def test_clean_layout_baseline_and_centring():
 
 
 def test_augmentation_is_seeded_and_identity_when_ranges_are_zero():
-    master = glyphs.render([ord("R")], glyphs.font_paths()[8], 128)[0]
-    x1 = glyphs.augment(master, 3, 32, np.random.default_rng([0, 82, 8]))
-    x2 = glyphs.augment(master, 3, 32, np.random.default_rng([0, 82, 8]))
-    x3 = glyphs.augment(master, 3, 32, np.random.default_rng([1, 82, 8]))
+    masters = glyphs.render([ord("R"), ord("g")], glyphs.font_paths()[8], 128)
+    rngs = lambda seed: [np.random.default_rng([seed, 82, 8]), np.random.default_rng([seed, 103, 8])]
+    x1 = glyphs.augment(masters, 3, 32, rngs(0))
+    x2 = glyphs.augment(masters, 3, 32, rngs(0))
+    x3 = glyphs.augment(masters, 3, 32, rngs(1))
+    assert x1.shape == (2, 3, 32, 32) and x1.dtype == np.uint8
     np.testing.assert_array_equal(x1, x2)
-    assert not np.array_equal(x1, x3) and not np.array_equal(x1[0], x1[1])
+    assert not np.array_equal(x1, x3) and not np.array_equal(x1[0, 0], x1[0, 1])
+    # Image i depends only on rngs[i]: augmenting 'g' alone gives the same images.
+    np.testing.assert_array_equal(glyphs.augment(masters[1:], 3, 32, rngs(0)[1:])[0], x1[1])
     none = glyphs.Augmentation(
         max_scale=1.0, max_aspect=1.0, max_rotation_deg=0.0, max_shear=0.0, max_translation=0.0,
         stroke_probs=(0.0, 1.0, 0.0, 0.0), max_blur_sigma=0.0, min_contrast=1.0, max_noise_std=0.0,
     )
-    y = glyphs.augment(master, 2, 32, np.random.default_rng(0), none)[0] / 255.0
-    clean = master.reshape(32, 4, 32, 4).mean(axis=(1, 3)) / 255.0
-    assert np.corrcoef(y.ravel(), clean.ravel())[0, 1] > 0.97  # aligned: no shift, flip or rescale
-    yc = np.array([np.sum(y * np.arange(32)[:, None]), np.sum(y * np.arange(32)[None, :])]) / y.sum()
-    cc = np.array([np.sum(clean * np.arange(32)[:, None]), np.sum(clean * np.arange(32)[None, :])]) / clean.sum()
-    np.testing.assert_allclose(yc, cc, atol=0.1)  # ink centroid in output pixels
+    y = glyphs.augment(masters, 1, 32, rngs(0), none)[:, 0] / 255.0
+    clean = masters.reshape(2, 32, 4, 32, 4).mean(axis=(2, 4)) / 255.0
+    rows, cols = np.arange(32)[:, None], np.arange(32)[None, :]
+    for a, b in zip(y, clean):
+        assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.97  # aligned: no shift, flip or rescale
+        centroid = lambda im: np.array([np.sum(im * rows), np.sum(im * cols)]) / im.sum()
+        np.testing.assert_allclose(centroid(a), centroid(b), atol=0.1)  # in output pixels
+        np.testing.assert_allclose(a.sum(), b.sum(), rtol=0.05)  # ink preserved
+    thick = dataclasses.replace(none, stroke_probs=(0.0, 0.0, 0.0, 1.0))
+    thin = dataclasses.replace(none, stroke_probs=(1.0, 0.0, 0.0, 0.0))
+    ink = lambda aug: glyphs.augment(masters, 1, 32, rngs(0), aug).sum(axis=(1, 2, 3))
+    assert np.all(ink(thin) < ink(none) * 0.95) and np.all(ink(thick) > ink(none) * 1.2)
+
+
+def test_augmentation_moves_ink_by_the_drawn_translation():
+    masters = glyphs.render([ord("o")], glyphs.font_paths()[0], 128)
+    shift_only = glyphs.Augmentation(
+        max_scale=1.0, max_aspect=1.0, max_rotation_deg=0.0, max_shear=0.0, max_translation=3.0,
+        stroke_probs=(0.0, 1.0, 0.0, 0.0), max_blur_sigma=0.0, min_contrast=1.0, max_noise_std=0.0,
+    )
+    moved = glyphs.augment(masters, 4, 32, [np.random.default_rng(5)], shift_only)[0] / 255.0
+    # The documented draw order: stroke choice, scale, aspect, rotation, shear, then (dx, dy).
+    rng = np.random.default_rng(5)
+    rng.choice(4, size=4, p=[0.0, 1.0, 0.0, 0.0])
+    for _ in range(4):
+        rng.uniform(size=4)
+    shifts = rng.uniform(-3.0, 3.0, (4, 2))
+    clean = masters.reshape(32, 4, 32, 4).mean(axis=(1, 3)) / 255.0
+    rows, cols = np.arange(32)[:, None], np.arange(32)[None, :]
+    centroid = lambda im: np.array([np.sum(im * cols), np.sum(im * rows)]) / im.sum()  # (x, y)
+    for im, (dx, dy) in zip(moved, shifts):
+        np.testing.assert_allclose(centroid(im) - centroid(clean), [dx, dy], atol=0.15)
 
 
 def test_split_options_and_errors():

@@ -17,16 +17,19 @@ hyphen and the single low-9 quotation mark, and keeps characters that coincide i
 typefaces (Cyrillic te and Latin m in DejaVu Serif Italic): genuinely ambiguous samples. The
 class list depends on no builder option. Class ids are positions in the code-point-sorted list.
 
-Layout of a clean rendering: a canvas of MASTER_SCALE * size pixels, the em box 0.6 of the
-canvas height, the baseline at 0.75 of it, the ink box centred horizontally. Vertical position
-and size therefore carry information (comma vs apostrophe, o vs O), as in text.
+Rendering: each character is drawn by Pillow (FreeType, anti-aliased) on a canvas of
+MASTER_SCALE * size pixels, the em size EM_FRACTION (0.66) of the canvas, the baseline at
+BASELINE_FRACTION (0.74) of its height, the ink box centred horizontally; the clean rendering is
+that canvas averaged over MASTER_SCALE x MASTER_SCALE blocks. Vertical position and size
+therefore carry information (comma vs apostrophe, o vs O), as in text.
 
 Augmentation, per (character, typeface, sample), drawn from rng([seed, code point, typeface]):
-stroke thickness (grey erosion or dilation of the supersampled rendering by a 3x3 or 5x5 square,
-1 supersampled pixel = 1/MASTER_SCALE output pixel per side), then an affine map (isotropic scale
-log-uniform in [1/MAX_SCALE, MAX_SCALE], anisotropy, rotation, shear, translation in output
-pixels), resampled bilinearly to `size` x `size` after an antialiasing Gaussian, then Gaussian
-blur, contrast and additive Gaussian noise, rounded to uint8.
+stroke thickness (grey erosion or dilation of the MASTER_SCALE-times supersampled rendering by a
+3x3 or 5x5 square: -1/4, +1/4 or +1/2 output pixel per side), then an affine map (isotropic
+scale log-uniform in [1/max_scale, max_scale], anisotropy, rotation, shear, translation in output
+pixels) sampled bilinearly from the rendering box-downsampled to twice the output resolution and
+low-passed against aliasing, then Gaussian blur, contrast and additive Gaussian noise, rounded
+to uint8. All images of one typeface are augmented together (vectorised numpy/scipy).
 
 Split: a permutation of the class ids by rng(SPLIT_SEED) (optionally truncated to
 `max_classes`); its first ceil(n/2) classes are `train`, the rest `test`; with
@@ -131,10 +134,11 @@ def render(codepoints: list[int], path: str, canvas: int) -> np.ndarray:
 
 def downsample(masters: np.ndarray, factor: int = MASTER_SCALE) -> np.ndarray:
     """float32 in [0, 1]: mean over factor x factor blocks of the last two axes, / 255."""
-    *lead, h, w = masters.shape
-    cols = masters.reshape(*lead, h, w // factor, factor).sum(axis=-1, dtype=np.uint32)
-    blocks = cols.reshape(*lead, h // factor, factor, w // factor).sum(axis=-2)
-    return (blocks / np.float32(255 * factor * factor)).astype(np.float32)
+    total = np.zeros((*masters.shape[:-2], masters.shape[-2] // factor, masters.shape[-1] // factor), np.float32)
+    for i in range(factor):
+        for j in range(factor):
+            total += masters[..., i::factor, j::factor]
+    return total * np.float32(1.0 / (255 * factor * factor))
 
 
 def rms_distances(clean: np.ndarray) -> np.ndarray:
@@ -204,62 +208,103 @@ def split_classes(
     return {name: np.sort(ids).astype(np.int64) for name, ids in splits.items()}
 
 
-def _affine(rng: np.random.Generator, aug: Augmentation, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(matrix, offset) mapping output pixel (row, col) to supersampled master coordinates."""
-    unit = size / 32.0
-    scale = np.exp(rng.uniform(-1.0, 1.0) * np.log(aug.max_scale))
-    aspect = np.exp(rng.uniform(-1.0, 1.0) * np.log(aug.max_aspect))
-    theta = np.deg2rad(rng.uniform(-aug.max_rotation_deg, aug.max_rotation_deg))
-    shear = rng.uniform(-aug.max_shear, aug.max_shear)
-    shift = rng.uniform(-aug.max_translation, aug.max_translation, size=2) * unit
-    # Forward map in (x, y) = (col, row) about the centre: stretch, shear, rotate.
-    stretch = np.diag([scale * aspect, scale / aspect])
-    shear_m = np.array([[1.0, shear], [0.0, 1.0]])
-    c, s = np.cos(theta), np.sin(theta)
-    rot = np.array([[c, -s], [s, c]])
-    forward_xy = rot @ shear_m @ stretch
-    inverse_xy = np.linalg.inv(forward_xy)
-    swap = np.array([[0.0, 1.0], [1.0, 0.0]])  # (x, y) <-> (row, col)
-    inverse_rc = swap @ inverse_xy @ swap
-    matrix = MASTER_SCALE * inverse_rc
-    centre_out = (size - 1) / 2.0
-    centre_master = (MASTER_SCALE * size - 1) / 2.0
-    offset = centre_master - matrix @ (np.full(2, centre_out) + shift[::-1])
-    return matrix, offset
+def _draw(rng: np.random.Generator, aug: Augmentation, num_samples: int, size: int) -> dict[str, np.ndarray]:
+    """The random parameters of `num_samples` augmentations, in a fixed draw order."""
+    n = num_samples
+    return {
+        "stroke": rng.choice(len(aug.stroke_probs), size=n, p=np.asarray(aug.stroke_probs)),
+        "scale": np.exp(rng.uniform(-1.0, 1.0, n) * np.log(aug.max_scale)),
+        "aspect": np.exp(rng.uniform(-1.0, 1.0, n) * np.log(aug.max_aspect)),
+        "theta": np.deg2rad(rng.uniform(-aug.max_rotation_deg, aug.max_rotation_deg, n)),
+        "shear": rng.uniform(-aug.max_shear, aug.max_shear, n),
+        "shift": rng.uniform(-aug.max_translation, aug.max_translation, (n, 2)) * (size / 32.0),
+        "blur": rng.uniform(0.0, aug.max_blur_sigma, n) * (size / 32.0),
+        "contrast": rng.uniform(aug.min_contrast, 1.0, n),
+        "noise": rng.uniform(0.0, aug.max_noise_std, n)[:, None, None] * rng.standard_normal((n, size, size)),
+    }
 
 
-def _stroke(master: np.ndarray, variant: int) -> np.ndarray:
-    if variant == 0:
-        return ndimage.grey_erosion(master, size=(3, 3))
-    if variant == 1:
-        return master
-    return ndimage.grey_dilation(master, size=(3, 3) if variant == 2 else (5, 5))
+def _sampling_grid(p: dict[str, np.ndarray], size: int, scale: int) -> np.ndarray:
+    """[2, n, size, size] (row, col) coordinates in a `scale`-times supersampled image of each
+    output pixel under the inverse of x -> rotate(shear(stretch(x - centre))) + centre + shift,
+    in (x, y) = (col, row) coordinates."""
+    n = len(p["scale"])
+    forward = np.zeros((n, 2, 2))
+    c, s = np.cos(p["theta"]), np.sin(p["theta"])
+    sx, sy, h = p["scale"] * p["aspect"], p["scale"] / p["aspect"], p["shear"]
+    # rot @ [[1, h], [0, 1]] @ diag(sx, sy)
+    forward[:, 0, 0], forward[:, 0, 1] = c * sx, (c * h - s) * sy
+    forward[:, 1, 0], forward[:, 1, 1] = s * sx, (s * h + c) * sy
+    inverse = np.linalg.inv(forward)
+    centre = (size - 1) / 2.0
+    grid = np.arange(size, dtype=np.float64) - centre
+    x = grid[None, None, :] - p["shift"][:, 0, None, None]
+    y = grid[None, :, None] - p["shift"][:, 1, None, None]
+    src_x = inverse[:, 0, 0, None, None] * x + inverse[:, 0, 1, None, None] * y
+    src_y = inverse[:, 1, 0, None, None] * x + inverse[:, 1, 1, None, None] * y
+    to_master = lambda v: scale * (v + centre) + (scale - 1) / 2.0  # output pixel centre -> master
+    return np.stack([to_master(src_y), to_master(src_x)])
+
+
+def _blur_matrices(sigmas: np.ndarray, size: int) -> np.ndarray:
+    """[n, size, size] K with K x K^T = Gaussian blur of x (std sigma, zero padding)."""
+    d = np.arange(size)[:, None] - np.arange(size)[None, :]
+    s = np.maximum(sigmas, 1e-3)[:, None, None]
+    k = np.exp(-0.5 * (d[None] / s) ** 2)
+    full = np.arange(-(size - 1), size)
+    norm = np.sum(np.exp(-0.5 * (full[None, :] / s[:, 0]) ** 2), axis=1)
+    return k / norm[:, None, None]
+
+
+STROKES = ("erode 3x3", "none", "dilate 3x3", "dilate 5x5")
+
+
+def _stroke_variants(masters: np.ndarray) -> np.ndarray:
+    """[4, N, C, C] float32 in [0, 1]: the STROKES variants of uint8 masters [N, C, C] (grey
+    morphology with square footprints at MASTER_SCALE), box-downsampled by 2 and low-passed
+    (Gaussian, std 0.8 px of the half-resolution image) against aliasing."""
+    variants = [
+        ndimage.grey_erosion(masters, size=(1, 3, 3)),
+        masters,
+        ndimage.grey_dilation(masters, size=(1, 3, 3)),
+        ndimage.grey_dilation(masters, size=(1, 5, 5)),
+    ]
+    half = np.stack([downsample(v, 2) for v in variants])
+    return ndimage.gaussian_filter(half, sigma=(0, 0, 0.8, 0.8), mode="constant")
 
 
 def augment(
-    master: np.ndarray, num_samples: int, size: int, rng: np.random.Generator, aug: Augmentation = Augmentation()
+    masters: np.ndarray,
+    num_samples: int,
+    size: int,
+    rngs: list[np.random.Generator],
+    aug: Augmentation = Augmentation(),
 ) -> np.ndarray:
-    """`num_samples` augmented uint8 [size, size] images from one supersampled rendering (module doc)."""
-    master = master.astype(np.float32) / 255.0
-    unit = size / 32.0
-    variants = rng.choice(len(aug.stroke_probs), size=num_samples, p=np.asarray(aug.stroke_probs))
-    out = np.empty((num_samples, size, size), np.uint8)
-    prefiltered: dict[int, np.ndarray] = {}
-    for k in range(num_samples):
-        v = int(variants[k])
-        if v not in prefiltered:
-            prefiltered[v] = ndimage.gaussian_filter(_stroke(master, v), sigma=0.5 * MASTER_SCALE, mode="constant")
-        matrix, offset = _affine(rng, aug, size)
-        x = ndimage.affine_transform(
-            prefiltered[v], matrix, offset, output_shape=(size, size), order=1, mode="constant", cval=0.0
+    """uint8 [N, num_samples, size, size]: augmented images of uint8 renderings [N, C, C]
+    (C = MASTER_SCALE * size), sample parameters of image i drawn from rngs[i] (module doc).
+
+    y = round(255 * clip(contrast * K (sample(stroke(master), affine)) K^T + noise, 0, 1)),
+    with bilinear sampling and K the per-sample Gaussian blur matrix.
+    """
+    n = len(masters)
+    if masters.shape[1:] != (MASTER_SCALE * size, MASTER_SCALE * size) or len(rngs) != n:
+        raise ValueError(
+            f"need masters [N, {MASTER_SCALE * size}, {MASTER_SCALE * size}] and one rng per master, "
+            f"got {masters.shape} and {len(rngs)} rngs"
         )
-        sigma = rng.uniform(0.0, aug.max_blur_sigma) * unit
-        if sigma > 0.05:
-            x = ndimage.gaussian_filter(x, sigma=sigma, mode="constant")
-        contrast = rng.uniform(aug.min_contrast, 1.0)
-        noise = rng.normal(0.0, rng.uniform(0.0, aug.max_noise_std), size=x.shape)
-        out[k] = np.rint(np.clip(contrast * x + noise, 0.0, 1.0) * 255.0).astype(np.uint8)
-    return out
+    params = [_draw(rng, aug, num_samples, size) for rng in rngs]
+    p = {k: np.concatenate([q[k] for q in params]) for k in params[0]}
+    variants = _stroke_variants(masters)
+    half = variants.shape[-1]
+    source = variants.reshape(-1, half, half)
+    image = np.repeat(np.arange(n), num_samples)
+    grid = _sampling_grid(p, size, MASTER_SCALE // 2)
+    layer = np.broadcast_to((p["stroke"] * n + image)[:, None, None], grid.shape[1:])
+    x = ndimage.map_coordinates(source, np.stack([layer, *grid]), order=1, mode="constant", cval=0.0)
+    blur = _blur_matrices(p["blur"], size)
+    x = blur @ x @ blur.transpose(0, 2, 1)
+    y = np.clip(p["contrast"][:, None, None] * x + p["noise"], 0.0, 1.0)
+    return np.rint(y * 255.0).astype(np.uint8).reshape(n, num_samples, size, size)
 
 
 @dataclasses.dataclass
@@ -324,9 +369,9 @@ class Glyphs(tfds.core.GeneratorBasedBuilder):
         chosen = [codepoints[int(i)] for i in class_ids]
         for f, path in enumerate(font_paths()):
             masters = render(chosen, path, MASTER_SCALE * cfg.size)
-            for class_id, cp, master in zip(class_ids, chosen, masters):
-                rng = np.random.default_rng([cfg.seed, cp, f])
-                images = augment(master, cfg.samples_per_typeface, cfg.size, rng)
+            rngs = [np.random.default_rng([cfg.seed, cp, f]) for cp in chosen]
+            samples = augment(masters, cfg.samples_per_typeface, cfg.size, rngs)
+            for class_id, cp, images in zip(class_ids, chosen, samples):
                 for s, image in enumerate(images):
                     index = int(class_id) * per_class + f * cfg.samples_per_typeface + s
                     yield index, {
