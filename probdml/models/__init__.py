@@ -9,8 +9,9 @@ import ml_collections
 
 from probdml.errors import ConfigError, unknown_choice
 from probdml.models.small import SmallConvNet
+from probdml.models.small_resnet import SmallResNet
 
-MODELS: dict[str, type[nn.Module]] = {"small_convnet": SmallConvNet}
+MODELS: dict[str, type[nn.Module]] = {"small_convnet": SmallConvNet, "small_resnet": SmallResNet}
 
 
 def build_model(model_cfg: ml_collections.ConfigDict) -> nn.Module:
