@@ -1,14 +1,29 @@
 """The training objective: a similarity and a loss with their learnable parameters, built from config.
 
 `build_objective(loss_cfg, num_classes, embed_dim)` returns an `Objective`:
-- `init(key)` -> learnable loss parameters (a dict whose top-level keys are optimizer groups,
-  e.g. 'proxies'; the optimizer's `lr_mults` refer to these names);
+- `init(key)` -> learnable loss parameters (a dict whose top-level keys are optimizer groups:
+  'proxies' (class proxies / weights / centres), 'proxy_kappa' (vMF proxy concentrations),
+  'temperature' (log T), 'loss_params' (e.g. the margin loss's beta); the optimizer's `lr_mults` refer
+  to these names); {} for losses without parameters;
 - `apply(params, outputs, labels, key)` -> (scalar loss, dict of scalar aux metrics), where
   `outputs` is the model's output dict ('embedding' [B, D], optionally 'uncertainty' [B, Du]).
+
+Config (`loss_cfg`, an ml_collections.ConfigDict):
+- `name`: a key of LOSSES; `similarity`: a key of probdml.similarity.SIMILARITIES (default 'cosine');
+  `similarity_options`: a dict of that similarity's options (e.g. ISM `tau`, `beta_form`, `compat`);
+- the loss's hyper-parameters, flat (`margin`, `alpha`, ...; see LOSS_DEFAULTS);
+- `miner` (pair losses): 'none' or a key of MINERS, with its options flat (`miner_margin`, `epsilon`, ...).
+Unknown names and keys raise probdml.errors.ConfigError listing the valid ones.
+
+Proxy losses compare the batch with the class proxies (a bundle {'embedding': proxies} plus the proxy
+concentrations 'kappa' [C] or 'kappas' [C, D] for the vMF kernels); pair losses compare the batch with
+itself and use the similarity's `similarity` or `distance` matrix (probdml.similarity documents both).
+Proxies are certain: they carry no 'uncertainty', which the introspective metric reads as u = 0.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -16,8 +31,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from probdml import losses, similarity
-from probdml.errors import unknown_choice
+from probdml import losses, mining, similarity
+from probdml.errors import ConfigError, unknown_choice
 
 Array = jax.Array
 
@@ -27,44 +42,274 @@ class Objective(NamedTuple):
     apply: Callable[[dict, dict, Array, Array], tuple[Array, dict]]
 
 
-SIMILARITIES: dict[str, Callable[..., Array]] = {"cosine": similarity.cosine}
-
-
 def kaiming_normal_fan_out(key: Array, num_classes: int, dim: int) -> Array:
     """Proxies [C, D] ~ N(0, 2 / C): torch's kaiming_normal_(mode='fan_out') on a [C, D] tensor."""
     return jax.random.normal(key, (num_classes, dim)) * jnp.sqrt(2.0 / num_classes)
 
 
-def _proxy_anchor(cfg: ml_collections.ConfigDict, num_classes: int, embed_dim: int) -> Objective:
+def standard_normal(key: Array, num_classes: int, dim: int) -> Array:
+    """Proxies [C, D] ~ N(0, 1): pytorch-metric-learning's default weight init (torch.nn.init.normal_)."""
+    return jax.random.normal(key, (num_classes, dim))
+
+
+def kaiming_uniform_sqrt5(key: Array, num_rows: int, dim: int) -> Array:
+    """Centres [R, D] ~ U(-1/sqrt(R), 1/sqrt(R)): torch's kaiming_uniform_(a=sqrt(5)) on a [D, R] tensor
+    (SoftTriple's fc)."""
+    bound = 1.0 / math.sqrt(num_rows)
+    return jax.random.uniform(key, (num_rows, dim), minval=-bound, maxval=bound)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Hyper-parameters: every loss's keys with defaults (IDML's wrappers / pytorch-metric-learning's defaults)
+
+LOSS_DEFAULTS: dict[str, dict] = {
+    "proxy_anchor": {"margin": 0.1, "alpha": 32.0},
+    "proxy_nca": {"scale": 64.0},
+    "proxy_nca_pp": {
+        "temperature": 1.0 / 9.0,
+        "learn_temperature": False,
+        "subsample": 1.0,
+        "guidance_weight": 0.0,
+    },
+    "normalized_softmax": {"temperature": 0.05},
+    "arcface": {"margin": 28.6, "scale": 64.0},
+    "soft_triple": {"centers_per_class": 10, "la": 20.0, "gamma": 0.1, "margin": 0.01},
+    "contrastive": {"pos_margin": 0.0, "neg_margin": 0.5},
+    "triplet": {"margin": 0.1},
+    "margin": {"margin": 0.2, "beta": 1.2, "learn_beta": True, "beta_per_class": False, "nu": 0.0},
+    "multi_similarity": {"alpha": 2.0, "beta": 50.0, "base": 0.5},
+    "npair": {},
+    "fast_ap": {"num_bins": 10, "histogram_max": 4.0, "distance_power": 2.0},
+}
+
+PROXY_LOSSES = ("proxy_anchor", "proxy_nca", "proxy_nca_pp", "normalized_softmax", "arcface", "soft_triple")
+
+# Concentration options of the vMF proxies (used only by similarities that read 'kappa' / 'kappas').
+PROXY_KAPPA_DEFAULTS = {"proxy_concentration": 10.0, "kappa_param": "softplus", "kappa_min": 0.1}
+KAPPA_PARAMS = ("softplus", "clamp")
+
+MINERS = ("semihard", "hard", "all", "batch_hard", "distance_weighted", "multi_similarity")
+MINER_DEFAULTS: dict[str, dict] = {
+    "semihard": {"miner_margin": None},
+    "hard": {"miner_margin": None},
+    "all": {"miner_margin": None},
+    "batch_hard": {},
+    "distance_weighted": {"cutoff": 0.5, "nonzero_loss_cutoff": 1.4, "triplets_per_anchor": None},
+    "multi_similarity": {"epsilon": 0.1},
+}
+TRIPLET_MINERS = ("semihard", "hard", "all", "batch_hard", "distance_weighted")
+PAIR_MINERS = ("multi_similarity",)
+LOSS_MINERS = {
+    "triplet": ("none",) + TRIPLET_MINERS,
+    "margin": ("none",) + TRIPLET_MINERS,
+    "contrastive": ("none",) + PAIR_MINERS,
+    "multi_similarity": ("none",) + PAIR_MINERS,
+}
+DEFAULT_MINER = {"triplet": "semihard", "margin": "distance_weighted", "multi_similarity": "multi_similarity"}
+
+_COMMON_KEYS = ("name", "similarity", "similarity_options", "miner")
+
+
+def _options(cfg: ml_collections.ConfigDict, defaults: dict) -> dict:
+    return {k: cfg.get(k, v) for k, v in defaults.items()}
+
+
+def _check_keys(cfg: ml_collections.ConfigDict, allowed: set[str]) -> None:
+    unknown = sorted(set(cfg.keys()) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"loss {cfg.name!r} has no option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(allowed))}"
+        )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Proxy losses
+
+
+def _kappa_init(value: float, kappa_param: str, kappa_min: float) -> float:
+    """The raw parameter whose concentration is `value`."""
+    if kappa_param == "clamp":
+        return value
+    excess = value - kappa_min
+    if excess <= 0:
+        raise ConfigError(f"proxy_concentration must exceed kappa_min={kappa_min}, got {value}")
+    return excess + math.log(-math.expm1(-excess))  # softplus^{-1}
+
+
+def _kappa(raw: Array, kappa_param: str, kappa_min: float) -> Array:
+    """Concentration from its raw parameter: kappa_min + softplus(raw), or max(raw, kappa_min) (reference)."""
+    if kappa_param == "clamp":
+        return jnp.maximum(raw, kappa_min)
+    return kappa_min + jax.nn.softplus(raw)
+
+
+def _proxy_objective(cfg: ml_collections.ConfigDict, num_classes: int, embed_dim: int) -> Objective:
+    name = cfg.name
+    hp = _options(cfg, LOSS_DEFAULTS[name])
+    sim_name = cfg.get("similarity", "cosine")
     sim_fn = _similarity(cfg)
+    kappa_kind = similarity.PROXY_CONCENTRATION.get(sim_name)
+    kappa_opts = _options(cfg, PROXY_KAPPA_DEFAULTS) if kappa_kind else {}
+    allowed = set(_COMMON_KEYS) | set(hp) | set(kappa_opts)
+    _check_keys(cfg, allowed)
+    if cfg.get("miner", "none") != "none":
+        raise ConfigError(f"loss {name!r} takes no miner (miner='none'), got {cfg.miner!r}")
+    if kappa_kind and kappa_opts["kappa_param"] not in KAPPA_PARAMS:
+        raise unknown_choice("kappa_param", kappa_opts["kappa_param"], KAPPA_PARAMS)
+    if name == "arcface" and sim_name not in similarity.BOUNDED_SIMILARITIES:
+        raise ConfigError(
+            f"arcface needs a similarity in [-1, 1]; {sim_name!r} is not one of "
+            f"{', '.join(sorted(similarity.BOUNDED_SIMILARITIES))}"
+        )
+    k_per_class = int(hp["centers_per_class"]) if name == "soft_triple" else 1
+    if name == "proxy_nca_pp" and not 0 < hp["subsample"] <= 1:
+        raise ConfigError(f"proxy_nca_pp: subsample must be in (0, 1], got {hp['subsample']}")
+    temperature_inside = similarity.TEMPERATURE_INSIDE.get(sim_name, lambda o: False)(
+        dict(cfg.get("similarity_options", {}))
+    )
 
     def init(key: Array) -> dict:
-        return {"proxies": kaiming_normal_fan_out(key, num_classes, embed_dim)}
+        k_proxy, _ = jax.random.split(key)
+        if name == "proxy_anchor":
+            proxies = kaiming_normal_fan_out(k_proxy, num_classes, embed_dim)
+        elif name == "soft_triple":
+            proxies = kaiming_uniform_sqrt5(k_proxy, num_classes * k_per_class, embed_dim)
+        else:
+            proxies = standard_normal(k_proxy, num_classes, embed_dim)
+        params = {"proxies": proxies}
+        if kappa_kind:
+            raw = _kappa_init(float(kappa_opts["proxy_concentration"]), kappa_opts["kappa_param"],
+                              float(kappa_opts["kappa_min"]))
+            shape = (proxies.shape[0],) if kappa_kind == "scalar" else proxies.shape
+            params["proxy_kappa"] = jnp.full(shape, raw, proxies.dtype)
+        if name == "proxy_nca_pp" and hp["learn_temperature"]:
+            params["temperature"] = jnp.asarray(math.log(hp["temperature"]), proxies.dtype)
+        return params
 
     def apply(params: dict, outputs: dict, labels: Array, key: Array) -> tuple[Array, dict]:
+        proxy_bundle = {"embedding": params["proxies"]}
+        if kappa_kind:
+            kappa = _kappa(params["proxy_kappa"], kappa_opts["kappa_param"], float(kappa_opts["kappa_min"]))
+            proxy_bundle["kappa" if kappa_kind == "scalar" else "kappas"] = kappa
+        aux = {}
+        k_sim, k_sub = jax.random.split(key)
+        if name == "proxy_nca_pp":
+            t = jnp.exp(params["temperature"]) if hp["learn_temperature"] else hp["temperature"]
+            aux["temperature"] = jnp.asarray(t)
+            sim = sim_fn(outputs, proxy_bundle, key=k_sim, temperature=t).similarity
+            class_mask = None
+            if hp["subsample"] < 1:
+                class_mask = losses.proxy_subsample_mask(k_sub, labels, num_classes, hp["subsample"])
+            loss = losses.proxy_nca_pp(sim, labels, temperature=1.0 if temperature_inside else t,
+                                       class_mask=class_mask)
+            if hp["guidance_weight"]:
+                guide = similarity.cosine(outputs["embedding"], params["proxies"])
+                loss = loss + hp["guidance_weight"] * losses.proxy_anchor(guide, labels)
+            return loss, aux
+        sim = sim_fn(outputs, proxy_bundle, key=k_sim).similarity
+        if name == "proxy_anchor":
+            loss = losses.proxy_anchor(sim, labels, margin=hp["margin"], alpha=hp["alpha"])
+        elif name == "proxy_nca":
+            loss = losses.proxy_nca(sim, labels, scale=hp["scale"])
+        elif name == "normalized_softmax":
+            loss = losses.normalized_softmax(sim, labels, temperature=hp["temperature"])
+        elif name == "arcface":
+            loss = losses.arcface(sim, labels, margin=hp["margin"], scale=hp["scale"])
+        else:
+            loss = losses.soft_triple(sim, labels, centers_per_class=k_per_class, la=hp["la"],
+                                      gamma=hp["gamma"], margin=hp["margin"])
+        return loss, aux
+
+    return Objective(init, apply)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Pair losses
+
+
+def _pair_objective(cfg: ml_collections.ConfigDict, num_classes: int, embed_dim: int) -> Objective:
+    name = cfg.name
+    hp = _options(cfg, LOSS_DEFAULTS[name])
+    sim_fn = _similarity(cfg)
+    miner = cfg.get("miner", DEFAULT_MINER.get(name, "none"))
+    valid_miners = LOSS_MINERS.get(name, ("none",))
+    if miner not in valid_miners:
+        raise unknown_choice(f"miner for loss {name!r}", miner, valid_miners)
+    miner_hp = _options(cfg, MINER_DEFAULTS.get(miner, {}))
+    _check_keys(cfg, set(_COMMON_KEYS) | set(hp) | set(miner_hp))
+    if miner_hp.get("miner_margin", 0) is None:
+        miner_hp["miner_margin"] = hp["margin"]
+    per_class = name == "margin" and hp["beta_per_class"]
+
+    def init(key: Array) -> dict:
         del key
-        sim = sim_fn(outputs["embedding"], params["proxies"])
-        loss = losses.proxy_anchor(sim, labels, margin=cfg.get("margin", 0.1), alpha=cfg.get("alpha", 32.0))
-        return loss, {}
+        if name == "margin" and hp["learn_beta"]:
+            shape = (num_classes,) if per_class else ()
+            return {"loss_params": {"beta": jnp.full(shape, hp["beta"], jnp.float32)}}
+        return {}
+
+    def triplets(pair: similarity.Pairwise, labels: Array, key: Array) -> Array | None:
+        d = pair.distance
+        if miner == "none":
+            return None
+        if miner in ("semihard", "hard", "all"):
+            return mining.triplet_margin_mask(d, labels, margin=miner_hp["miner_margin"], kind=miner)
+        if miner == "batch_hard":
+            return mining.batch_hard_mask(d, labels)
+        return mining.distance_weighted_triplets(
+            key, d, labels, dim=embed_dim, cutoff=miner_hp["cutoff"],
+            nonzero_loss_cutoff=miner_hp["nonzero_loss_cutoff"], triplets_per_anchor=miner_hp["triplets_per_anchor"],
+        )
+
+    def pairs(pair: similarity.Pairwise, labels: Array) -> tuple[Array | None, Array | None]:
+        if miner == "none":
+            return None, None
+        return mining.multi_similarity_pairs(pair.similarity, labels, epsilon=miner_hp["epsilon"])
+
+    def apply(params: dict, outputs: dict, labels: Array, key: Array) -> tuple[Array, dict]:
+        k_sim, k_mine = jax.random.split(key)
+        pair = sim_fn(outputs, outputs, key=k_sim)
+        aux = {}
+        if name == "contrastive":
+            pos, neg = pairs(pair, labels)
+            loss = losses.contrastive(pair.distance, labels, pos_margin=hp["pos_margin"],
+                                      neg_margin=hp["neg_margin"], pos_mask=pos, neg_mask=neg)
+        elif name == "multi_similarity":
+            pos, neg = pairs(pair, labels)
+            loss = losses.multi_similarity(pair.similarity, labels, alpha=hp["alpha"], beta=hp["beta"],
+                                           base=hp["base"], pos_mask=pos, neg_mask=neg)
+        elif name == "triplet":
+            t = triplets(pair, labels, k_mine)
+            loss = losses.triplet_margin(pair.distance, labels, margin=hp["margin"], triplets=t)
+        elif name == "margin":
+            beta = params["loss_params"]["beta"] if hp["learn_beta"] else hp["beta"]
+            t = triplets(pair, labels, k_mine)
+            loss = losses.margin_loss(pair.distance, labels, beta=beta, margin=hp["margin"], nu=hp["nu"],
+                                      triplets=t)
+            aux["beta"] = jnp.mean(jnp.asarray(beta))
+        elif name == "npair":
+            loss = losses.npair(pair.similarity, labels)
+        else:
+            loss = losses.fast_ap(pair.distance ** hp["distance_power"], labels, num_bins=int(hp["num_bins"]),
+                                  histogram_max=hp["histogram_max"])
+        return loss, aux
 
     return Objective(init, apply)
 
 
 LOSSES: dict[str, Callable[[ml_collections.ConfigDict, int, int], Objective]] = {
-    "proxy_anchor": _proxy_anchor,
+    name: (_proxy_objective if name in PROXY_LOSSES else _pair_objective) for name in LOSS_DEFAULTS
 }
 
 
-def _similarity(cfg: ml_collections.ConfigDict) -> Callable[..., Array]:
-    name = cfg.get("similarity", "cosine")
-    if name not in SIMILARITIES:
-        raise unknown_choice("similarity", name, SIMILARITIES)
-    return SIMILARITIES[name]
+def _similarity(cfg: ml_collections.ConfigDict) -> Callable[..., similarity.Pairwise]:
+    options = cfg.get("similarity_options", None)
+    options = {} if options is None else dict(options)
+    return similarity.get_similarity(cfg.get("similarity", "cosine"), **options)
 
 
 def build_objective(loss_cfg: ml_collections.ConfigDict, num_classes: int, embed_dim: int) -> Objective:
     """The objective named by `loss_cfg.name` with the similarity `loss_cfg.similarity`."""
     if loss_cfg.name not in LOSSES:
         raise unknown_choice("loss", loss_cfg.name, LOSSES)
-    _similarity(loss_cfg)
     return LOSSES[loss_cfg.name](loss_cfg, num_classes, embed_dim)

@@ -1,0 +1,191 @@
+"""Forward + backward time of every loss: jitted probdml next to pytorch-metric-learning (CPU torch) on the
+same inputs, in the same process.
+
+    python benchmarks/losses.py [--batch 128] [--classes 100] [--dim 512] [--per-class 4] [--repeats 20]
+
+Each row: median wall time of one loss value and its gradient w.r.t. the embeddings (and the proxies),
+probdml's call being a compiled `jax.jit(jax.value_and_grad(...))` (compilation excluded, timed after a
+warm-up), and the ratio pml / probdml (> 1: probdml faster). Miners run inside the timed call on both
+sides. Rows without a pytorch-metric-learning counterpart show probdml alone. Both libraries use their
+default CPU threading; the thread counts are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from probdml import losses, mining, similarity  # noqa: E402
+
+
+def _median_ms(fn, repeats: int) -> float:
+    fn()
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def _jax_timer(loss_fn, emb, *params):
+    grad_fn = jax.jit(jax.value_and_grad(loss_fn, argnums=tuple(range(1 + len(params)))))
+
+    def run():
+        jax.block_until_ready(grad_fn(emb, *params))
+
+    return run
+
+
+def _torch_timer(torch, loss, emb, labels, miner=None, params=()):
+    for name, value in params:
+        getattr(loss, name).data = torch.tensor(np.asarray(value))
+    e = torch.tensor(np.asarray(emb), requires_grad=True)
+    y = torch.tensor(np.asarray(labels))
+
+    def run():
+        e.grad = None
+        loss.zero_grad()
+        if miner is not None:
+            out = loss(e, y, miner(e, y))
+        else:
+            out = loss(e, y)
+        out.backward()
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--classes", type=int, default=100)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--per-class", type=int, default=4, help="samples per class in the batch")
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args()
+    b, c, d = args.batch, args.classes, args.dim
+
+    rng = np.random.default_rng(0)
+    emb_np = rng.normal(size=(b, d)).astype(np.float32)
+    chosen = rng.choice(c, size=b // args.per_class, replace=False)
+    labels_np = np.repeat(chosen, args.per_class)[:b]
+    labels_np = np.concatenate([labels_np, rng.integers(0, c, size=b - labels_np.size)])
+    proxies_np = (rng.normal(size=(c, d)) * np.sqrt(2.0 / c)).astype(np.float32)
+    w_np = rng.normal(size=(d, c)).astype(np.float32)
+    k = 10
+    centers_np = rng.uniform(-1, 1, size=(d, c * k)).astype(np.float32) / np.sqrt(c * k)
+    unc_np = rng.normal(size=(b, d)).astype(np.float32)
+
+    emb, labels = jnp.asarray(emb_np), jnp.asarray(labels_np)
+    proxies, w, centers, unc = (jnp.asarray(x) for x in (proxies_np, w_np, centers_np, unc_np))
+    key = jax.random.key(0)
+
+    def chord(e):
+        return similarity.chord_distance(similarity.cosine(e, e))
+
+    def semihard_triplet(e):
+        dist = chord(e)
+        return losses.triplet_margin(dist, labels, margin=0.1, triplets=mining.semihard_mask(dist, labels, margin=0.1))
+
+    def margin_dw(e):
+        dist = chord(e)
+        t = mining.distance_weighted_triplets(key, dist, labels, dim=d)
+        return losses.margin_loss(dist, labels, beta=1.2, margin=0.2, triplets=t)
+
+    def ms_mined(e):
+        s = similarity.cosine(e, e)
+        pos, neg = mining.multi_similarity_pairs(s, labels, epsilon=0.1)
+        return losses.multi_similarity(s, labels, pos_mask=pos, neg_mask=neg)
+
+    ism = similarity.get_similarity("introspective")
+    rows = [
+        ("proxy_anchor", _jax_timer(lambda e, p: losses.proxy_anchor(similarity.cosine(e, p), labels), emb, proxies),
+         ("ProxyAnchorLoss", dict(num_classes=c, embedding_size=d), None, [("proxies", proxies_np)])),
+        ("proxy_nca", _jax_timer(lambda e, p: losses.proxy_nca(similarity.cosine(e, p), labels, scale=64.0), emb,
+                                 proxies),
+         ("ProxyNCALoss", dict(num_classes=c, embedding_size=d, softmax_scale=32), None, [("proxies", proxies_np)])),
+        ("normalized_softmax", _jax_timer(lambda e, w_: losses.normalized_softmax(similarity.cosine(e, w_.T), labels),
+                                          emb, w),
+         ("NormalizedSoftmaxLoss", dict(num_classes=c, embedding_size=d), None, [("W", w_np)])),
+        ("arcface", _jax_timer(lambda e, w_: losses.arcface(similarity.cosine(e, w_.T), labels), emb, w),
+         ("ArcFaceLoss", dict(num_classes=c, embedding_size=d), None, [("W", w_np)])),
+        ("soft_triple (K=10)", _jax_timer(lambda e, f: losses.soft_triple(similarity.cosine(e, f.T), labels,
+                                                                          centers_per_class=k), emb, centers),
+         ("SoftTripleLoss", dict(num_classes=c, embedding_size=d, centers_per_class=k), None, [("fc", centers_np)])),
+        ("contrastive", _jax_timer(lambda e: losses.contrastive(chord(e), labels, neg_margin=0.5), emb),
+         ("ContrastiveLoss", dict(neg_margin=0.5), None, [])),
+        ("triplet + semihard miner", _jax_timer(semihard_triplet, emb),
+         ("TripletMarginLoss", dict(margin=0.1), ("TripletMarginMiner", dict(margin=0.1, type_of_triplets="semihard")),
+          [])),
+        ("margin + distance-weighted", _jax_timer(margin_dw, emb),
+         ("MarginLoss", dict(margin=0.2, beta=1.2), ("DistanceWeightedMiner", {}), [])),
+        ("multi_similarity + miner", _jax_timer(ms_mined, emb),
+         ("MultiSimilarityLoss", dict(alpha=2, beta=50, base=0.5), ("MultiSimilarityMiner", dict(epsilon=0.1)), [])),
+        ("npair", _jax_timer(lambda e: losses.npair(similarity.cosine(e, e), labels), emb),
+         ("NPairsLoss", {}, None, [])),
+        ("fast_ap", _jax_timer(lambda e: losses.fast_ap(chord(e) ** 2, labels), emb),
+         ("FastAPLoss", dict(num_bins=10), None, [])),
+        ("proxy_nca_pp", _jax_timer(lambda e, p: losses.proxy_nca_pp(similarity.cosine(e, p), labels), emb, proxies),
+         None),
+        ("proxy_anchor, introspective", _jax_timer(
+            lambda e, p, u: losses.proxy_anchor(ism({"embedding": e, "uncertainty": u}, {"embedding": p}).similarity,
+                                                labels), emb, proxies, unc), None),
+        ("triplet + semihard, introspective", _jax_timer(
+            lambda e, u: _ism_triplet(ism({"embedding": e, "uncertainty": u}, {"embedding": e, "uncertainty": u}),
+                                      labels), emb, unc), None),
+    ]
+    rows += _vmf_rows(emb, proxies, labels, key)
+
+    try:
+        import torch
+        from pytorch_metric_learning import losses as pml_losses
+        from pytorch_metric_learning import miners as pml_miners
+    except ImportError:
+        torch = None
+    print(f"batch {b}, {c} classes ({len(np.unique(labels_np))} in the batch), dim {d}; median of {args.repeats}")
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, cpu count {os.cpu_count()}", end="")
+    print(f"; torch {torch.__version__}, {torch.get_num_threads()} threads" if torch else "; torch not installed")
+    print(f"{'loss':36s} {'probdml ms':>11s} {'pml ms':>9s} {'pml/probdml':>12s}")
+    for name, ours, ref in rows:
+        ours_ms = _median_ms(ours, args.repeats)
+        if ref is None or torch is None:
+            print(f"{name:36s} {ours_ms:11.2f} {'-':>9s} {'-':>12s}")
+            continue
+        loss_name, loss_kw, miner_spec, params = ref
+        loss = getattr(pml_losses, loss_name)(**loss_kw)
+        miner = getattr(pml_miners, miner_spec[0])(**miner_spec[1]) if miner_spec else None
+        ref_ms = _median_ms(_torch_timer(torch, loss, emb_np, labels_np, miner, params), args.repeats)
+        print(f"{name:36s} {ours_ms:11.2f} {ref_ms:9.2f} {ref_ms / ours_ms:12.2f}")
+
+
+def _ism_triplet(pair: similarity.Pairwise, labels):
+    dist = pair.distance
+    return losses.triplet_margin(dist, labels, margin=0.1, triplets=mining.semihard_mask(dist, labels, margin=0.1))
+
+
+def _vmf_rows(emb, proxies, labels, key):
+    """probdml-only rows for the vMF kernels inside ProxyNCA++ (empty until the kernels are registered)."""
+    rows = []
+    kappa = jnp.full((proxies.shape[0],), 10.0)
+    for name in ("el", "kl"):
+        if name not in similarity.SIMILARITIES:
+            continue
+        fn = similarity.get_similarity(name)
+        rows.append((f"proxy_nca_pp, {name} kernel", _jax_timer(
+            lambda e, p, fn=fn: losses.proxy_nca_pp(fn({"embedding": e}, {"embedding": p, "kappa": kappa}).similarity,
+                                                    labels, temperature=1.0), emb, proxies), None))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
