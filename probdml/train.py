@@ -116,12 +116,16 @@ def create_setup(
     config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, num_classes: int, image_shape: tuple[int, ...]
 ) -> Setup:
     """Build the model, objective and optimizer from `config`, initialise the state from
-    `config.seed` (replicated over `mesh`), and jit the train step with the batch sharded over the
+    `config.seed` (with the converted weights of `config.model.pretrained` merged in, if set;
+    replicated over `mesh`), and jit the train step with the batch sharded over the
     mesh's 'data' axis and the state donated."""
     model = models.build_model(config.model)
     obj = objective.build_objective(config.loss, num_classes, config.model.embed_dim)
     init_key, loss_key = jax.random.split(jax.random.key(config.seed))
     variables = model.init(init_key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+    pretrained = models.check_pretrained(config.model)
+    if pretrained:
+        variables = models.load_pretrained_variables(model, variables, pretrained)
     params = {"model": variables["params"], "loss": obj.init(loss_key)}
     tx = optim.make_optimizer(config.optim, params)
     state = TrainState(
@@ -150,6 +154,9 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str) -> None:
         raise unknown_choice("sampler", config.data.sampler, data.pipeline.SAMPLERS)
     if config.model.name not in models.MODELS:
         raise unknown_choice("model", config.model.name, models.MODELS)
+    pretrained = models.check_pretrained(config.model)
+    if pretrained and not os.path.isdir(pretrained):
+        raise ConfigError(f"model.pretrained directory does not exist: {pretrained}")
     if config.loss.name not in objective.LOSSES:
         raise unknown_choice("loss", config.loss.name, objective.LOSSES)
     optim.validate(config.optim)
