@@ -194,7 +194,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """Train `config` in `workdir` (resuming from its latest checkpoint) and return the final metrics.
 
     Data parallel over `config.num_devices` devices (0 = all) with the global batch sharded along a
-    1-D mesh. Process 0 writes TensorBoard events and metrics.jsonl to <workdir> and the final
+    1-D mesh. Process 0 writes the config (config.json), TensorBoard events and metrics.jsonl to <workdir> and the final
     evaluation to <workdir>/final_metrics.json; all processes take part in checkpointing
     (<workdir>/checkpoints).
     """
@@ -205,6 +205,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     parallel.check_batch_size(config.eval.batch_size, mesh, "eval batch size")
     lead = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
+    if lead:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=1))
     train_ds = data.load_split(config.data, "train")
     test_ds = data.load_split(config.data, "test")
     setup = create_setup(config, mesh, train_ds.num_classes, train_ds.image_shape)
