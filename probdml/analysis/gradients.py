@@ -121,12 +121,12 @@ def _require(condition: bool, message: str) -> None:
 
 # Losses whose gradients at zero uncertainty are compared with the base metric's: (loss config, alpha_mode
 # whose zero-uncertainty distance is the cosine similarity's distance for that loss).
+# One of each kind: a proxy loss, a pair loss on similarities with a miner, a triplet loss on distances
+# with a miner.
 EQUIVALENCE_LOSSES: dict[str, tuple[dict, str]] = {
     "proxy_anchor": (dict(name="proxy_anchor"), "cos"),
-    "proxy_nca": (dict(name="proxy_nca"), "cos"),
     "multi_similarity": (dict(name="multi_similarity"), "cos"),
     "triplet_semihard": (dict(name="triplet", miner="semihard"), "euclid_norm"),
-    "contrastive": (dict(name="contrastive", miner="none"), "euclid_norm"),
 }
 
 
