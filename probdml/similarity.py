@@ -30,12 +30,14 @@ embedding; `l2` compares natural parameters, so a vMF proxy (mu_c, kappa_c) is t
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from probdml import distributions, special
 from probdml.errors import ConfigError, unknown_choice
 
 Array = jax.Array
@@ -249,6 +251,150 @@ def introspective(
 
 
 # ----------------------------------------------------------------------------------------------------
+# vMF kernels (specs/nivmf.md sections 1-3). An image is vMF(mu = e/|e|, kappa = |e|); a proxy bundle
+# gives its direction in 'embedding' and its concentration in 'kappa' [M] (isotropic) or 'kappas'
+# [M, D] (nivMF, K = diag(kappas)). Kernels are log-values: log PPK, -KL, log-likelihoods.
+
+NORMALIZERS = ("exact", "reference_quadratic")
+NIVMF_FORMS = distributions.NIVMF_FORMS
+EL_ESTIMATORS = ("closed_form", "monte_carlo")
+TEMPERATURE_PLACEMENTS = ("outside", "inside")
+
+
+def _log_normalizer(normalizer: str) -> Callable[[Array, int], Array]:
+    if normalizer == "exact":
+        return special.log_vmf_normalizer
+    if normalizer == "reference_quadratic":
+        return distributions.reference_log_normalizer
+    raise ValueError(f"normalizer must be one of {NORMALIZERS}, got {normalizer!r}")
+
+
+def vmf_parameters(bundle: Bundle) -> tuple[Array, Array]:
+    """(mu [N, D], kappa [N]) of a bundle: mu = e/|e|, kappa = bundle['kappa'] or |e| (zero rows: 0, 0)."""
+    e = bundle["embedding"]
+    mu = l2_normalize(e)
+    kappa = bundle["kappa"] if "kappa" in bundle else safe_sqrt(jnp.sum(e * e, axis=-1))
+    return mu, kappa
+
+
+def _resultant(kappa_a: Array, kappa_b: Array, cos: Array) -> Array:
+    """|kappa_a mu_a + kappa_b mu_b| = sqrt(ka^2 + kb^2 + 2 ka kb cos) for [N] x [M] -> [N, M]."""
+    ka, kb = kappa_a[:, None], kappa_b[None, :]
+    return safe_sqrt(ka * ka + kb * kb + 2.0 * ka * kb * cos)
+
+
+def ppk(mu_a: Array, kappa_a: Array, mu_b: Array, kappa_b: Array, *, rho: float = 1.0,
+        normalizer: str = "exact") -> Array:
+    """log probability product kernel of order rho between vMF(mu_a_i, kappa_a_i) and vMF(mu_b_j, kappa_b_j):
+
+    log int f_a^rho f_b^rho dx = rho (log C_p(ka) + log C_p(kb)) - log C_p(rho |ka mu_a + kb mu_b|)  [N, M].
+    rho = 1: expected likelihood kernel (EL); rho = 1/2: log Bhattacharyya coefficient.
+    """
+    log_c = _log_normalizer(normalizer)
+    p = mu_a.shape[-1]
+    resultant = _resultant(kappa_a, kappa_b, mu_a @ mu_b.T)
+    own = log_c(kappa_a, p)[:, None] + log_c(kappa_b, p)[None, :]
+    return rho * own - log_c(rho * resultant, p)
+
+
+def vmf_kl(mu_a: Array, kappa_a: Array, mu_b: Array, kappa_b: Array, *, normalizer: str = "exact",
+           exact_mean_length: bool = True) -> Array:
+    """KL(vMF(mu_a_i, ka_i) || vMF(mu_b_j, kb_j)) = log C_p(ka) - log C_p(kb) + A_p(ka) (ka - kb mu_b.mu_a) [N, M].
+
+    `exact_mean_length=False` replaces A_p(ka) by 1, as the reference code does (C7).
+    """
+    log_c = _log_normalizer(normalizer)
+    p = mu_a.shape[-1]
+    mean_length = special.vmf_mean_resultant_length(kappa_a, p) if exact_mean_length else jnp.ones_like(kappa_a)
+    cos = mu_a @ mu_b.T
+    own = log_c(kappa_a, p) + mean_length * kappa_a
+    return own[:, None] - log_c(kappa_b, p)[None, :] - mean_length[:, None] * kappa_b[None, :] * cos
+
+
+def vmf_loglik(mu_a: Array, mu_b: Array, kappa_b: Array, *, normalizer: str = "exact") -> Array:
+    """Point log-likelihood log vMF(mu_a_i; mu_b_j, kb_j) = log C_p(kb) + kb mu_b.mu_a  [N, M]."""
+    log_c = _log_normalizer(normalizer)
+    return log_c(kappa_b, mu_a.shape[-1])[None, :] + kappa_b[None, :] * (mu_a @ mu_b.T)
+
+
+def _nivmf_constants(mu_b: Array, kappas_b: Array, normalizer: str) -> tuple[Array, Array, Array]:
+    """w = K mu [M, D], |w| [M] (clamped at 1e-12) and log C_p(|w|) + log det K [M]."""
+    w = kappas_b * mu_b
+    w_norm = jnp.sqrt(jnp.maximum(jnp.sum(w * w, axis=-1), _EPS * _EPS))
+    log_c = _log_normalizer(normalizer)
+    return w, w_norm, log_c(w_norm, mu_b.shape[-1]) + jnp.sum(jnp.log(kappas_b), axis=-1)
+
+
+def nivmf_pairwise_log_prob(x: Array, mu_b: Array, kappas_b: Array, *, form: str = "exact",
+                            normalizer: str = "exact") -> Array:
+    """log nivMF(x; mu_b_j, diag(kappas_b_j)) for points x [..., N, D] and M proxies -> [..., N, M].
+
+    The forms of probdml.distributions.nivmf_log_prob, evaluated with matrix products
+    (w.Kx = x . (kappas^2 mu), |Kx|^2 = x^2 . kappas^2) instead of an [..., N, M, D] broadcast.
+    """
+    if form not in NIVMF_FORMS:
+        raise ValueError(f"form must be one of {NIVMF_FORMS}, got {form!r}")
+    w, w_norm, const = _nivmf_constants(mu_b, kappas_b, normalizer)
+    if form == "reference_linear":
+        return const - jnp.log(w_norm) + x @ w.T
+    sq = kappas_b * kappas_b
+    kx_norm = jnp.sqrt(jnp.maximum((x * x) @ sq.T, _EPS * _EPS))
+    aligned = (x @ (sq * mu_b).T) / kx_norm
+    if form == "stretched":
+        return const - jnp.log(w_norm) + aligned
+    return const + aligned - mu_b.shape[-1] * jnp.log(kx_norm)
+
+
+def el_nivmf(
+    mu_a: Array,
+    kappa_a: Array,
+    mu_b: Array,
+    kappas_b: Array,
+    *,
+    form: str = "reference_linear",
+    estimator: str = "closed_form",
+    num_samples: int = 20,
+    temperature: float | Array = 1.0,
+    temperature_placement: str = "outside",
+    normalizer: str = "exact",
+    key: Array | None = None,
+) -> Array:
+    """Expected likelihood of nivMF proxies under image vMFs, log E_{x ~ vMF(mu_a_i, ka_i)}[nivMF_j(x)^(1/T')]
+    [N, M], with T' = T for `temperature_placement='inside'` (the reference code's logit, which estimates
+    log E[niv^(1/T)], not (1/T) log E[niv]) and T' = 1 for 'outside' (the loss then divides by T).
+
+    closed_form (form 'reference_linear' only, whose exponent is linear in x): with
+    a_j = log C_p(|w_j|) + log det K_j - log|w_j|,
+        log E[exp(l_j(x) / T')] = a_j / T' + log C_p(ka) - log C_p(|ka mu_a + w_j / T'|).
+    monte_carlo: log (1/n) sum_s exp(l_j(x_s) / T') over n reparameterised samples x_s ~ vMF(mu_a, ka)
+    (probdml.distributions.vmf_sample, shared by all proxies); Jensen-biased low for small n.
+    """
+    if estimator not in EL_ESTIMATORS:
+        raise ValueError(f"estimator must be one of {EL_ESTIMATORS}, got {estimator!r}")
+    if temperature_placement not in TEMPERATURE_PLACEMENTS:
+        raise ValueError(
+            f"temperature_placement must be one of {TEMPERATURE_PLACEMENTS}, got {temperature_placement!r}")
+    t = temperature if temperature_placement == "inside" else 1.0
+    p = mu_a.shape[-1]
+    if estimator == "closed_form":
+        if form != "reference_linear":
+            raise ValueError(f"the closed form exists only for form='reference_linear', not {form!r}; "
+                             "use estimator='monte_carlo'")
+        w, w_norm, const = _nivmf_constants(mu_b, kappas_b, normalizer)
+        log_c = _log_normalizer(normalizer)
+        shift = w / t
+        ka = kappa_a[:, None]
+        shift_sq = jnp.sum(shift * shift, axis=-1)[None, :]
+        resultant = safe_sqrt(ka * ka + shift_sq + 2.0 * ka * (mu_a @ shift.T))
+        return (const - jnp.log(w_norm))[None, :] / t + log_c(kappa_a, p)[:, None] - log_c(resultant, p)
+    if key is None:
+        raise ValueError("el_nivmf with estimator='monte_carlo' needs a PRNG key")
+    x = distributions.vmf_sample(key, mu_a, kappa_a, (num_samples,))  # [n, N, D]
+    log_lik = nivmf_pairwise_log_prob(x, mu_b, kappas_b, form=form, normalizer=normalizer) / t
+    return jax.nn.logsumexp(log_lik, axis=0) - math.log(num_samples)
+
+
+# ----------------------------------------------------------------------------------------------------
 # Registry: functions of two embedding bundles
 
 
@@ -336,22 +482,147 @@ def _check_choice(kind: str, value: str, valid: tuple[str, ...]) -> None:
         raise unknown_choice(kind, value, valid)
 
 
+def _isotropic_parameters(bundle: Bundle) -> tuple[Array, Array]:
+    if "kappas" in bundle:
+        raise ValueError("this kernel compares isotropic vMFs; the bundle has per-axis 'kappas' (use el_nivmf or "
+                         "loglik_nivmf)")
+    return vmf_parameters(bundle)
+
+
+def _nivmf_parameters(bundle: Bundle) -> tuple[Array, Array]:
+    """(mu, kappas [M, D]); a bundle without 'kappas' is isotropic, kappas = kappa * 1."""
+    if "kappas" in bundle:
+        return l2_normalize(bundle["embedding"]), bundle["kappas"]
+    mu, kappa = vmf_parameters(bundle)
+    return mu, kappa[:, None] * jnp.ones_like(mu)
+
+
+def _check_normalizer(normalizer: str) -> None:
+    _check_choice("normalizer", normalizer, NORMALIZERS)
+
+
+def _ppk_factory(*, rho: float = 1.0, normalizer: str = "exact") -> Callable[..., Pairwise]:
+    _check_normalizer(normalizer)
+    if not rho > 0:
+        raise ConfigError(f"ppk: rho must be > 0, got {rho!r}")
+
+    def pairwise(a: Bundle, b: Bundle, *, key: Array | None = None, temperature=None) -> Pairwise:
+        del key, temperature
+        sim = ppk(*_isotropic_parameters(a), *_isotropic_parameters(b), rho=rho, normalizer=normalizer)
+        return Pairwise(sim, -sim)
+
+    return pairwise
+
+
+def _el_factory(*, normalizer: str = "exact") -> Callable[..., Pairwise]:
+    return _ppk_factory(rho=1.0, normalizer=normalizer)
+
+
+def _bhattacharyya_factory(*, normalizer: str = "exact") -> Callable[..., Pairwise]:
+    return _ppk_factory(rho=0.5, normalizer=normalizer)
+
+
+def _kl_factory(*, reference_sign: bool = False, exact_mean_length: bool = True,
+                normalizer: str = "exact") -> Callable[..., Pairwise]:
+    """s = -KL(image || reference); `reference_sign=True` uses +KL (the reference criterion, C7)."""
+    _check_normalizer(normalizer)
+
+    def pairwise(a: Bundle, b: Bundle, *, key: Array | None = None, temperature=None) -> Pairwise:
+        del key, temperature
+        kl = vmf_kl(*_isotropic_parameters(a), *_isotropic_parameters(b), normalizer=normalizer,
+                    exact_mean_length=exact_mean_length)
+        sim = kl if reference_sign else -kl
+        return Pairwise(sim, -sim)
+
+    return pairwise
+
+
+def _loglik_factory(*, normalizer: str = "exact") -> Callable[..., Pairwise]:
+    _check_normalizer(normalizer)
+
+    def pairwise(a: Bundle, b: Bundle, *, key: Array | None = None, temperature=None) -> Pairwise:
+        del key, temperature
+        mu_a, _ = _isotropic_parameters(a)
+        mu_b, kappa_b = _isotropic_parameters(b)
+        sim = vmf_loglik(mu_a, mu_b, kappa_b, normalizer=normalizer)
+        return Pairwise(sim, -sim)
+
+    return pairwise
+
+
+def _loglik_nivmf_factory(*, form: str = "exact", normalizer: str = "exact") -> Callable[..., Pairwise]:
+    _check_choice("nivmf form", form, NIVMF_FORMS)
+    _check_normalizer(normalizer)
+
+    def pairwise(a: Bundle, b: Bundle, *, key: Array | None = None, temperature=None) -> Pairwise:
+        del key, temperature
+        mu_b, kappas_b = _nivmf_parameters(b)
+        sim = nivmf_pairwise_log_prob(l2_normalize(a["embedding"]), mu_b, kappas_b, form=form, normalizer=normalizer)
+        return Pairwise(sim, -sim)
+
+    return pairwise
+
+
+def _el_nivmf_factory(
+    *,
+    form: str = "reference_linear",
+    estimator: str = "closed_form",
+    num_samples: int = 20,
+    temperature_placement: str = "outside",
+    normalizer: str = "exact",
+) -> Callable[..., Pairwise]:
+    _check_choice("nivmf form", form, NIVMF_FORMS)
+    _check_choice("el_nivmf estimator", estimator, EL_ESTIMATORS)
+    _check_choice("temperature_placement", temperature_placement, TEMPERATURE_PLACEMENTS)
+    _check_normalizer(normalizer)
+    if estimator == "closed_form" and form != "reference_linear":
+        raise ConfigError(f"el_nivmf: the closed form exists only for form='reference_linear', not {form!r}; "
+                          "set estimator='monte_carlo'")
+    if int(num_samples) < 1:
+        raise ConfigError(f"el_nivmf: num_samples must be >= 1, got {num_samples!r}")
+
+    def pairwise(a: Bundle, b: Bundle, *, key: Array | None = None, temperature=None) -> Pairwise:
+        sim = el_nivmf(*vmf_parameters(a), *_nivmf_parameters(b), form=form, estimator=estimator,
+                       num_samples=int(num_samples), temperature=1.0 if temperature is None else temperature,
+                       temperature_placement=temperature_placement, normalizer=normalizer, key=key)
+        return Pairwise(sim, -sim)
+
+    return pairwise
+
+
 SIMILARITIES: dict[str, Callable[..., Callable[..., Pairwise]]] = {
     "cosine": _cosine_factory,
     "dot": _dot_factory,
     "l2": _l2_factory,
     "introspective": _introspective_factory,
+    "ppk": _ppk_factory,
+    "el": _el_factory,
+    "bhattacharyya": _bhattacharyya_factory,
+    "kl": _kl_factory,
+    "loglik": _loglik_factory,
+    "loglik_nivmf": _loglik_nivmf_factory,
+    "el_nivmf": _el_nivmf_factory,
 }
 
 # Similarities whose values lie in [-1, 1] (what angular-margin losses such as ArcFace need).
 BOUNDED_SIMILARITIES = frozenset({"cosine", "introspective"})
 
 # Similarities that read proxy concentrations: 'scalar' = bundle['kappa'] [M], 'vector' = bundle['kappas'] [M, D].
-PROXY_CONCENTRATION: dict[str, str] = {}
+PROXY_CONCENTRATION: dict[str, str] = {
+    "ppk": "scalar",
+    "el": "scalar",
+    "bhattacharyya": "scalar",
+    "kl": "scalar",
+    "loglik": "scalar",
+    "loglik_nivmf": "vector",
+    "el_nivmf": "vector",
+}
 
 # Similarities that, for some options, apply the softmax temperature themselves (S = s / T computed
 # inside, e.g. the reference EL-nivMF log-mean-exp): name -> predicate on the options dict.
-TEMPERATURE_INSIDE: dict[str, Callable[[dict], bool]] = {}
+TEMPERATURE_INSIDE: dict[str, Callable[[dict], bool]] = {
+    "el_nivmf": lambda options: options.get("temperature_placement", "outside") == "inside",
+}
 
 
 def similarity_options(name: str) -> tuple[str, ...]:
