@@ -161,6 +161,52 @@ def introspective_beta(
     return jnp.maximum(uu + vv + cross if beta_form == "sumvec" else uu + vv - cross, 0.0)
 
 
+class ISMTerms(NamedTuple):
+    """The pieces of the introspective metric for N x M pairs (each [N, M] or broadcastable to it)."""
+
+    cos_distance: Array  # c = 1 - cos(x_i, y_j), clamped at 0
+    alpha: Array  # semantic distance alpha (the prefactor of D_IN)
+    alpha_exponent: Array  # alpha' in the exponent (alpha itself except in compat_raw_proxy)
+    beta: Array  # uncertainty beta, including beta_offset
+
+
+def introspective_terms(
+    x: jnp.ndarray,
+    y: jnp.ndarray,
+    u: jnp.ndarray | None = None,
+    v: jnp.ndarray | None = None,
+    *,
+    alpha_mode: str = "cos",
+    beta_form: str = "sumvec",
+    beta_offset: float = 0.0,
+    uncertainty_l2norm: bool = False,
+) -> ISMTerms:
+    """(c, alpha, alpha', beta) of the introspective metric; see `introspective` for the table."""
+    if alpha_mode not in ALPHA_MODES:
+        raise ValueError(f"alpha_mode must be one of {ALPHA_MODES}, got {alpha_mode!r}")
+    if uncertainty_l2norm:
+        u = None if u is None else u / jnp.sqrt(jnp.sum(u * u, -1, keepdims=True) + _EPS)
+        v = None if v is None else v / jnp.sqrt(jnp.sum(v * v, -1, keepdims=True) + _EPS)
+    c = jnp.maximum(1.0 - cosine(x, y), 0.0)
+    if u is None and v is None:
+        beta = jnp.zeros((), dtype=c.dtype)
+    elif u is None:
+        beta = introspective_beta(v, None, beta_form=beta_form).T
+    else:
+        beta = introspective_beta(u, v, beta_form=beta_form)
+    beta = beta + beta_offset
+    if alpha_mode == "cos":
+        alpha = exponent = c
+    elif alpha_mode == "sqeuclid_norm":
+        alpha = exponent = 2.0 * c
+    elif alpha_mode == "euclid_norm":
+        alpha = exponent = safe_sqrt(2.0 * c)
+    else:
+        alpha = c
+        exponent = sq_euclidean(l2_normalize(x), y)
+    return ISMTerms(c, alpha, exponent, beta)
+
+
 def introspective(
     x: jnp.ndarray,
     y: jnp.ndarray,
@@ -194,33 +240,14 @@ def introspective(
     `uncertainty_l2norm` applies the official code's u / sqrt(|u|^2 + 1e-12) to u and v (D1).
     Returns Pairwise(similarity=s_IN, distance=D_IN).
     """
-    if alpha_mode not in ALPHA_MODES:
-        raise ValueError(f"alpha_mode must be one of {ALPHA_MODES}, got {alpha_mode!r}")
-    if uncertainty_l2norm:
-        u = None if u is None else u / jnp.sqrt(jnp.sum(u * u, -1, keepdims=True) + _EPS)
-        v = None if v is None else v / jnp.sqrt(jnp.sum(v * v, -1, keepdims=True) + _EPS)
-    cos = cosine(x, y)
-    c = jnp.maximum(1.0 - cos, 0.0)
-    if u is None and v is None:
-        beta = jnp.zeros((), dtype=cos.dtype)
-    elif u is None:
-        beta = introspective_beta(v, None, beta_form=beta_form).T
-    else:
-        beta = introspective_beta(u, v, beta_form=beta_form)
-    beta = beta + beta_offset
-    if alpha_mode == "cos":
-        alpha = exponent = c
-    elif alpha_mode == "sqeuclid_norm":
-        alpha = exponent = 2.0 * c
-    elif alpha_mode == "euclid_norm":
-        alpha = exponent = safe_sqrt(2.0 * c)
-    else:
-        alpha = c
-        exponent = sq_euclidean(l2_normalize(x), y)
-    decay = ism_decay(beta, exponent, tau=tau, ism_form=ism_form, alpha_eps=alpha_eps)
+    t = introspective_terms(
+        x, y, u, v, alpha_mode=alpha_mode, beta_form=beta_form, beta_offset=beta_offset,
+        uncertainty_l2norm=uncertainty_l2norm,
+    )
+    decay = ism_decay(t.beta, t.alpha_exponent, tau=tau, ism_form=ism_form, alpha_eps=alpha_eps)
     # s_IN = 1 - f^{-1}(D_IN) written without the round trip through f (no sqrt, no cancellation).
     shrink = decay * decay if alpha_mode == "euclid_norm" else decay
-    return Pairwise(1.0 - c * shrink, alpha * decay)
+    return Pairwise(1.0 - t.cos_distance * shrink, t.alpha * decay)
 
 
 # ----------------------------------------------------------------------------------------------------

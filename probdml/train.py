@@ -116,12 +116,16 @@ def create_setup(
     config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, num_classes: int, image_shape: tuple[int, ...]
 ) -> Setup:
     """Build the model, objective and optimizer from `config`, initialise the state from
-    `config.seed` (replicated over `mesh`), and jit the train step with the batch sharded over the
+    `config.seed` (with the converted weights of `config.model.pretrained` merged in, if set;
+    replicated over `mesh`), and jit the train step with the batch sharded over the
     mesh's 'data' axis and the state donated."""
     model = models.build_model(config.model)
     obj = objective.build_objective(config.loss, num_classes, config.model.embed_dim)
     init_key, loss_key = jax.random.split(jax.random.key(config.seed))
     variables = model.init(init_key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+    pretrained = models.check_pretrained(config.model)
+    if pretrained:
+        variables = models.load_pretrained_variables(model, variables, pretrained)
     params = {"model": variables["params"], "loss": obj.init(loss_key)}
     tx = optim.make_optimizer(config.optim, params)
     state = TrainState(
@@ -150,6 +154,9 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str) -> None:
         raise unknown_choice("sampler", config.data.sampler, data.pipeline.SAMPLERS)
     if config.model.name not in models.MODELS:
         raise unknown_choice("model", config.model.name, models.MODELS)
+    pretrained = models.check_pretrained(config.model)
+    if pretrained and not os.path.isdir(pretrained):
+        raise ConfigError(f"model.pretrained directory does not exist: {pretrained}")
     if config.loss.name not in objective.LOSSES:
         raise unknown_choice("loss", config.loss.name, objective.LOSSES)
     optim.validate(config.optim)
@@ -187,7 +194,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """Train `config` in `workdir` (resuming from its latest checkpoint) and return the final metrics.
 
     Data parallel over `config.num_devices` devices (0 = all) with the global batch sharded along a
-    1-D mesh. Process 0 writes TensorBoard events and metrics.jsonl to <workdir> and the final
+    1-D mesh. Process 0 writes the config (config.json), TensorBoard events and metrics.jsonl to <workdir> and the final
     evaluation to <workdir>/final_metrics.json; all processes take part in checkpointing
     (<workdir>/checkpoints).
     """
@@ -198,6 +205,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     parallel.check_batch_size(config.eval.batch_size, mesh, "eval batch size")
     lead = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
+    if lead:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=1))
     train_ds = data.load_split(config.data, "train")
     test_ds = data.load_split(config.data, "test")
     setup = create_setup(config, mesh, train_ds.num_classes, train_ds.image_shape)

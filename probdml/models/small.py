@@ -14,6 +14,7 @@ class SmallConvNet(nn.Module):
     a hidden dense layer and a linear embedding head.
 
     Input [B, H, W, C] float; output {'embedding': [B, embed_dim], 'features': [B, hidden]}.
+    `embed_dim=0` builds no embedding head (a backbone for EmbeddingNet): output {'features'} only.
     """
 
     embed_dim: int = 64
@@ -29,6 +30,8 @@ class SmallConvNet(nn.Module):
                 x = nn.avg_pool(x, (2, 2), strides=(2, 2), padding="SAME")
         x = jnp.mean(x, axis=(1, 2))
         features = nn.relu(nn.Dense(self.hidden, name="hidden")(x))
+        if self.embed_dim == 0:
+            return {"features": features}
         embedding = nn.Dense(
             self.embed_dim,
             kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
