@@ -36,6 +36,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from probdml import distributions, special
 from probdml.errors import ConfigError, unknown_choice
 
 Array = jax.Array
@@ -309,22 +310,383 @@ def _check_choice(kind: str, value: str, valid: tuple[str, ...]) -> None:
         raise unknown_choice(kind, value, valid)
 
 
+# ----------------------------------------------------------------------------------------------------
+# vMF kernels (specs/nivmf.md sections 1-2): images are vMF(mu = e/|e|, kappa = |e|) given by their
+# natural parameter e; isotropic proxies are vMF(mu_c, kappa_c); nivMF proxies have a direction v_c
+# (used through v_c/|v_c|) and per-axis concentrations kappas_c, K_c = diag(kappas_c), w_c = K_c mu_c.
+
+NORMALIZERS = ("exact", "reference_quadratic")
+NIVMF_FORMS = ("reference_linear", "stretched", "exact")
+EL_ESTIMATORS = ("auto", "closed_form", "monte_carlo")
+KAPPA_GRADIENTS = ("implicit", "proposal")
+
+
+def _log_normalizer_fn(normalizer: str) -> Callable[[Array, int], Array]:
+    if normalizer == "exact":
+        return special.log_vmf_normalizer
+    if normalizer == "reference_quadratic":
+        return distributions.reference_log_normalizer
+    raise unknown_choice("normalizer", normalizer, NORMALIZERS)
+
+
+def vector_norm(x: Array) -> Array:
+    """|x| along the last axis with a zero (not NaN) gradient at x = 0."""
+    return safe_sqrt(jnp.sum(x * x, axis=-1))
+
+
+def _norm_of_sum(x: Array, y: Array, scale_y: Array | float = 1.0) -> Array:
+    """|x_i + scale_y y_j| for x [N, D], y [M, D] -> [N, M], by |x|^2 + s^2 |y|^2 + 2 s <x, y>."""
+    sq = (jnp.sum(x * x, axis=-1)[:, None] + scale_y * scale_y * jnp.sum(y * y, axis=-1)[None, :]
+          + 2.0 * scale_y * (x @ y.T))
+    return safe_sqrt(sq)
+
+
+def ppk_vmf(x: Array, y: Array, *, rho: float = 1.0, normalizer: str = "exact") -> Array:
+    """log probability-product kernel of order rho between vMF(x_i) and vMF(y_j) (natural parameters
+    x [N, D], y [M, D]; D1): log int f_i^rho f_j^rho dx = rho [log C_p(|x_i|) + log C_p(|y_j|)]
+    - log C_p(rho |x_i + y_j|). rho = 1: expected likelihood kernel (EL); rho = 1/2: log Bhattacharyya
+    coefficient. [N, M], nats."""
+    log_c = _log_normalizer_fn(normalizer)
+    dim = x.shape[-1]
+    kx, ky = vector_norm(x), vector_norm(y)
+    return rho * (log_c(kx, dim)[:, None] + log_c(ky, dim)[None, :]) - log_c(rho * _norm_of_sum(x, y), dim)
+
+
+def neg_kl_vmf(x: Array, y: Array, *, normalizer: str = "exact", reference_sign: bool = False) -> Array:
+    """-KL(vMF(x_i) || vMF(y_j)) = -[log C_p(k) - log C_p(k_j) + A_p(k)(k - mu_i.y_j)], k = |x_i|,
+    k_j = |y_j| (D4); [N, M], nats. `reference_sign=True` reproduces the official criterion, which
+    returns +[log C_p(k) - log C_p(k_j) + k - mu_i.y_j] (A_p(k) -> 1 and no minus sign: maximising it
+    pushes images *away* from their proxy; specs/nivmf.md C7)."""
+    log_c = _log_normalizer_fn(normalizer)
+    dim = x.shape[-1]
+    kx, ky = vector_norm(x), vector_norm(y)
+    proj = l2_normalize(x) @ y.T  # mu_i . y_j = k_j cos
+    if reference_sign:
+        return log_c(kx, dim)[:, None] - log_c(ky, dim)[None, :] + kx[:, None] - proj
+    mean_len = special.vmf_mean_resultant_length(kx, dim)[:, None]
+    return -(log_c(kx, dim)[:, None] - log_c(ky, dim)[None, :] + mean_len * (kx[:, None] - proj))
+
+
+def loglik_vmf(x: Array, y: Array, *, normalizer: str = "exact") -> Array:
+    """log vMF(mu_i; y_j) = log C_p(|y_j|) + mu_i.y_j: the image's mode under the proxy vMF (the
+    image concentration is unused, as D5); [N, M], nats."""
+    log_c = _log_normalizer_fn(normalizer)
+    return log_c(vector_norm(y), x.shape[-1])[None, :] + l2_normalize(x) @ y.T
+
+
+def nivmf_parameters(v: Array, kappas: Array, normalizer: str = "exact") -> tuple[Array, Array]:
+    """(w, a) of nivMF proxies with directions v [C, D] (used as v/|v|) and concentrations kappas [C, D]:
+    w_c = K_c mu_c and a_c = log C_p(|w_c|) + sum_d log kappas_cd - log |w_c|, so that the reference
+    (N-mc, `reference_linear`) log density is a_c + w_c.x: an isotropic vMF(w_c/|w_c|, |w_c|) times the
+    class constant det K_c / |w_c|."""
+    w = kappas * l2_normalize(v)
+    w_norm = vector_norm(w)
+    a = _log_normalizer_fn(normalizer)(w_norm, v.shape[-1]) + jnp.sum(jnp.log(kappas), axis=-1) - jnp.log(w_norm)
+    return w, a
+
+
+def nivmf_log_density_matrix(x: Array, v: Array, kappas: Array, *, form: str = "exact",
+                             normalizer: str = "exact") -> Array:
+    """log nivMF_c(x) for points x [..., D] on the sphere and every proxy c: [..., C].
+
+    The forms of probdml.distributions.nivmf_log_prob, by matrix products only (no [..., C, D]
+    intermediate): with w_c = K_c mu_c, w_c.(K_c x) = x.(K_c^2 mu_c) and |K_c x|^2 = (x*x).kappas_c^2."""
+    _check_choice("nivmf_form", form, NIVMF_FORMS)
+    w, a = nivmf_parameters(v, kappas, normalizer)
+    if form == "reference_linear":
+        return x @ w.T + a
+    log_det_minus_w = jnp.sum(jnp.log(kappas), axis=-1) - jnp.log(vector_norm(w))
+    log_c_w = a - log_det_minus_w
+    kx_norm = jnp.sqrt((x * x) @ (kappas * kappas).T)
+    exponent = (x @ (kappas * w).T) / kx_norm
+    log_det = jnp.sum(jnp.log(kappas), axis=-1)
+    if form == "stretched":
+        return log_c_w + exponent + log_det_minus_w
+    return log_c_w + exponent + log_det - x.shape[-1] * jnp.log(kx_norm)
+
+
+def _log_mean_exp(x: Array, axis: int = 0) -> Array:
+    return jax.nn.logsumexp(x, axis=axis) - jnp.log(x.shape[axis])
+
+
+def el_nivmf_closed_form(e: Array, v: Array, kappas: Array, *, temperature: Array | float = 1.0,
+                         normalizer: str = "exact") -> Array:
+    """(1/T-scaled) log expected likelihood of `reference_linear` nivMF proxies under image vMFs, exactly:
+
+        log E_{x ~ vMF(e_i)}[exp(l_c(x) / T)] = a_c / T + log C_p(|e_i|) - log C_p(|e_i + w_c / T|),
+
+    l_c(x) = a_c + w_c.x (`nivmf_parameters`). T = 1 gives the log EL kernel (D6); T != 1 is the estimand
+    of the official temperature-inside Monte Carlo average. `normalizer` applies to a_c only (as in the
+    official code); the expectation's normalisers are exact. e [B, D], v and kappas [C, D] -> [B, C]."""
+    w, a = nivmf_parameters(v, kappas, normalizer)
+    dim = e.shape[-1]
+    inv_t = 1.0 / temperature
+    kappa = vector_norm(e)
+    return (a * inv_t)[None, :] + special.log_vmf_normalizer(kappa, dim)[:, None] \
+        - special.log_vmf_normalizer(_norm_of_sum(e, w, inv_t), dim)
+
+
+def vmf_samples(key: Array, e: Array, num_samples: int, kappa_gradient: str = "implicit") -> Array:
+    """num_samples draws from each image vMF(e_i/|e_i|, |e_i|): [num_samples, B, D], reparameterised."""
+    _check_choice("kappa_gradient", kappa_gradient, KAPPA_GRADIENTS)
+    return distributions.vmf_sample(key, l2_normalize(e), vector_norm(e), (num_samples,),
+                                    kappa_gradient=kappa_gradient)
+
+
+def nivmf_ppk_monte_carlo(samples: Array, e: Array, v: Array, kappas: Array, *, rho: float = 1.0,
+                          form: str = "exact", temperature: Array | float = 1.0,
+                          normalizer: str = "exact") -> Array:
+    """Monte Carlo log PPK_rho between image vMFs and nivMF proxies (D6, D7), vectorised over samples,
+    images and proxies: log (1/n) sum_s exp([(rho - 1) log vMF_i(x_s) + rho l_c(x_s)] / T),
+    x_s ~ vMF(e_i) (`samples` [n, B, D]), l_c = log nivMF_c of `form`. rho = 1, T = 1: log EL kernel;
+    T != 1: the official temperature-inside estimator. [B, C]."""
+    dim = e.shape[-1]
+    log_niv = nivmf_log_density_matrix(samples, v, kappas, form=form, normalizer=normalizer)  # [n, B, C]
+    logits = rho * log_niv
+    if rho != 1.0:
+        log_vmf = special.log_vmf_normalizer(vector_norm(e), dim) + jnp.sum(samples * e, axis=-1)  # [n, B]
+        logits = logits + (rho - 1.0) * log_vmf[..., None]
+    return _log_mean_exp(logits / temperature, axis=0)
+
+
+def nivmf_neg_kl_monte_carlo(samples: Array, e: Array, v: Array, kappas: Array, *, form: str = "exact",
+                             normalizer: str = "exact") -> Array:
+    """-KL(vMF(e_i) || nivMF_c) = H(vMF(e_i)) + E_{x ~ vMF(e_i)}[log nivMF_c(x)] (D7), the expectation by
+    the sample mean over `samples` [n, B, D]. [B, C], nats."""
+    log_niv = nivmf_log_density_matrix(samples, v, kappas, form=form, normalizer=normalizer)
+    return distributions.vmf_entropy(vector_norm(e), e.shape[-1])[:, None] + jnp.mean(log_niv, axis=0)
+
+
+def nivmf_neg_kl_closed_form(e: Array, v: Array, kappas: Array, *, normalizer: str = "exact") -> Array:
+    """-KL(vMF(e_i) || nivMF_c) for the `reference_linear` form, exactly: H(vMF(e_i)) + a_c
+    + A_p(|e_i|) mu_i.w_c. [B, C], nats."""
+    w, a = nivmf_parameters(v, kappas, normalizer)
+    dim = e.shape[-1]
+    kappa = vector_norm(e)
+    mean_dir = special.vmf_mean_resultant_length(kappa, dim)[:, None] * l2_normalize(e)
+    return distributions.vmf_entropy(kappa, dim)[:, None] + a[None, :] + mean_dir @ w.T
+
+
+def nivmf_ppk_closed_form(e: Array, v: Array, kappas: Array, *, rho: float = 1.0,
+                          normalizer: str = "exact") -> Array:
+    """log PPK_rho between image vMFs and `reference_linear` nivMF proxies, exactly:
+    rho [log C_p(|e_i|) + a_c] - log C_p(rho |e_i + w_c|). [B, C], nats."""
+    w, a = nivmf_parameters(v, kappas, normalizer)
+    dim = e.shape[-1]
+    return rho * (special.log_vmf_normalizer(vector_norm(e), dim)[:, None] + a[None, :]) \
+        - special.log_vmf_normalizer(rho * _norm_of_sum(e, w), dim)
+
+
+def _proxy_kappa(bundle: Bundle, key: str, name: str) -> Array:
+    if key not in bundle:
+        raise ValueError(f"similarity {name!r} needs proxy concentrations {key!r} in the second bundle; "
+                         f"it has {', '.join(sorted(bundle))}")
+    return bundle[key]
+
+
+def _vmf_kernel_factory(kernel: str, *, rho: float = 1.0, normalizer: str = "exact",
+                        reference_sign: bool = False) -> Callable[..., Pairwise]:
+    _check_choice("normalizer", normalizer, NORMALIZERS)
+    if kernel == "ppk" and not 0 < rho:
+        raise ConfigError(f"similarity 'ppk': rho must be > 0, got {rho!r}")
+
+    def pairwise(a: Bundle, b: Bundle, *, key: Array | None = None, temperature=None) -> Pairwise:
+        del key, temperature
+        x, y = natural_parameter(a), natural_parameter(b)
+        if kernel == "ppk":
+            s = ppk_vmf(x, y, rho=rho, normalizer=normalizer)
+        elif kernel == "kl":
+            s = neg_kl_vmf(x, y, normalizer=normalizer, reference_sign=reference_sign)
+        else:
+            s = loglik_vmf(x, y, normalizer=normalizer)
+        return Pairwise(s, -s)
+
+    return pairwise
+
+
+def _elk_factory(*, normalizer: str = "exact") -> Callable[..., Pairwise]:
+    """EL-vMF (D2): the PPK of order 1."""
+    return _vmf_kernel_factory("ppk", rho=1.0, normalizer=normalizer)
+
+
+def _bhattacharyya_factory(*, normalizer: str = "exact") -> Callable[..., Pairwise]:
+    """B-vMF (D3): the PPK of order 1/2 (log Bhattacharyya coefficient)."""
+    return _vmf_kernel_factory("ppk", rho=0.5, normalizer=normalizer)
+
+
+def _ppk_factory(*, rho: float = 1.0, normalizer: str = "exact") -> Callable[..., Pairwise]:
+    return _vmf_kernel_factory("ppk", rho=rho, normalizer=normalizer)
+
+
+def _kl_factory(*, normalizer: str = "exact", reference_sign: bool = False) -> Callable[..., Pairwise]:
+    return _vmf_kernel_factory("kl", normalizer=normalizer, reference_sign=reference_sign)
+
+
+def _loglik_factory(*, normalizer: str = "exact") -> Callable[..., Pairwise]:
+    return _vmf_kernel_factory("loglik", normalizer=normalizer)
+
+
+# The official EL-nivMF computation (specs/nivmf.md sections 2, 8: C1, C3, C4, C5).
+EL_NIVMF_COMPAT_PRESET = {
+    "nivmf_form": "reference_linear",
+    "estimator": "monte_carlo",
+    "num_samples": 5,
+    "temperature_inside": True,
+    "normalizer": "reference_quadratic",
+    "kappa_gradient": "proposal",
+}
+
+
+def _nivmf_factory(
+    kernel: str,
+    *,
+    rho: float = 1.0,
+    nivmf_form: str = "reference_linear",
+    estimator: str = "auto",
+    num_samples: int = 10,
+    temperature_inside: bool = False,
+    normalizer: str = "exact",
+    kappa_gradient: str = "implicit",
+    compat: bool = False,
+) -> Callable[..., Pairwise]:
+    options = dict(nivmf_form=nivmf_form, estimator=estimator, num_samples=num_samples,
+                   temperature_inside=temperature_inside, normalizer=normalizer, kappa_gradient=kappa_gradient)
+    if compat:
+        options.update(EL_NIVMF_COMPAT_PRESET)
+    form, est = options["nivmf_form"], options["estimator"]
+    _check_choice("nivmf_form", form, NIVMF_FORMS)
+    _check_choice("estimator", est, EL_ESTIMATORS)
+    _check_choice("normalizer", options["normalizer"], NORMALIZERS)
+    _check_choice("kappa_gradient", options["kappa_gradient"], KAPPA_GRADIENTS)
+    has_closed_form = form == "reference_linear" and kernel in ("ppk", "kl")
+    if est == "closed_form" and not has_closed_form:
+        raise ConfigError(f"{kernel} with nivmf_form={form!r} has no closed form; use estimator='monte_carlo' "
+                          f"(closed forms exist for nivmf_form='reference_linear')")
+    use_mc = kernel in ("ppk", "kl") and (est == "monte_carlo" or not has_closed_form)
+    n = options["num_samples"]
+    if use_mc and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ConfigError(f"num_samples must be an int >= 1, got {n!r}")
+    if not rho > 0:
+        raise ConfigError(f"rho must be > 0, got {rho!r}")
+    t_inside = bool(options["temperature_inside"])
+    norm = options["normalizer"]
+
+    def pairwise(a: Bundle, b: Bundle, *, key: Array | None = None, temperature=None) -> Pairwise:
+        name = f"{kernel}_nivmf"
+        e, v, kappas = a["embedding"], b["embedding"], _proxy_kappa(b, "kappas", name)
+        t = 1.0 if temperature is None or not t_inside else temperature
+        if kernel in ("ppk", "kl") and use_mc:
+            if key is None:
+                raise ValueError(f"similarity {name!r} with a Monte Carlo estimator needs a PRNG key")
+            samples = vmf_samples(key, e, n, options["kappa_gradient"])
+            if kernel == "kl":
+                s = nivmf_neg_kl_monte_carlo(samples, e, v, kappas, form=form, normalizer=norm)
+            else:
+                s = nivmf_ppk_monte_carlo(samples, e, v, kappas, rho=rho, form=form, temperature=t,
+                                          normalizer=norm)
+        elif kernel == "kl":
+            s = nivmf_neg_kl_closed_form(e, v, kappas, normalizer=norm)
+        elif kernel == "ppk" and rho == 1.0:
+            s = el_nivmf_closed_form(e, v, kappas, temperature=t, normalizer=norm)
+        elif kernel == "ppk":
+            if t_inside:
+                raise ConfigError("temperature_inside applies to the EL kernel (rho = 1) only")
+            s = nivmf_ppk_closed_form(e, v, kappas, rho=rho, normalizer=norm)
+        elif kernel == "loglik":
+            s = nivmf_log_density_matrix(l2_normalize(e), v, kappas, form=form, normalizer=norm)
+        else:
+            w, _ = nivmf_parameters(v, kappas, norm)
+            s = -sq_euclidean(e, w) if kernel == "l2" else cosine(e, w)
+            return Pairwise(s, safe_sqrt(-s) if kernel == "l2" else chord_distance(s))
+        return Pairwise(s, -s)
+
+    return pairwise
+
+
+def _el_nivmf_factory(*, nivmf_form: str = "reference_linear", estimator: str = "auto", num_samples: int = 10,
+                      temperature_inside: bool = False, normalizer: str = "exact", kappa_gradient: str = "implicit",
+                      compat: bool = False) -> Callable[..., Pairwise]:
+    """EL-nivMF (D6): log E_{x ~ vMF(e)}[nivMF_c(x)] (or, temperature inside, log E[nivMF_c(x)^(1/T)],
+    already divided by T). `estimator='auto'`: the closed form for nivmf_form='reference_linear', Monte
+    Carlo with `num_samples` draws per image (shared by all proxies) otherwise. `compat=True` applies
+    EL_NIVMF_COMPAT_PRESET (the official computation)."""
+    return _nivmf_factory("ppk", rho=1.0, nivmf_form=nivmf_form, estimator=estimator, num_samples=num_samples,
+                          temperature_inside=temperature_inside, normalizer=normalizer,
+                          kappa_gradient=kappa_gradient, compat=compat)
+
+
+def _ppk_nivmf_factory(*, rho: float = 0.5, nivmf_form: str = "reference_linear", estimator: str = "auto",
+                       num_samples: int = 10, normalizer: str = "exact",
+                       kappa_gradient: str = "implicit") -> Callable[..., Pairwise]:
+    """PPK_rho vMF-nivMF (D7; rho = 1/2: Bhattacharyya); closed form for reference_linear, else MC."""
+    return _nivmf_factory("ppk", rho=rho, nivmf_form=nivmf_form, estimator=estimator, num_samples=num_samples,
+                          normalizer=normalizer, kappa_gradient=kappa_gradient)
+
+
+def _bhattacharyya_nivmf_factory(*, nivmf_form: str = "reference_linear", estimator: str = "auto",
+                                 num_samples: int = 10, normalizer: str = "exact",
+                                 kappa_gradient: str = "implicit") -> Callable[..., Pairwise]:
+    return _ppk_nivmf_factory(rho=0.5, nivmf_form=nivmf_form, estimator=estimator, num_samples=num_samples,
+                              normalizer=normalizer, kappa_gradient=kappa_gradient)
+
+
+def _kl_nivmf_factory(*, nivmf_form: str = "reference_linear", estimator: str = "auto", num_samples: int = 10,
+                      normalizer: str = "exact", kappa_gradient: str = "implicit") -> Callable[..., Pairwise]:
+    """-KL(vMF(e) || nivMF_c) (D7); closed form for reference_linear, else MC."""
+    return _nivmf_factory("kl", nivmf_form=nivmf_form, estimator=estimator, num_samples=num_samples,
+                          normalizer=normalizer, kappa_gradient=kappa_gradient)
+
+
+def _loglik_nivmf_factory(*, nivmf_form: str = "stretched", normalizer: str = "exact") -> Callable[..., Pairwise]:
+    """log nivMF_c(mu_i): the image mode under the proxy (D5; the official point loss uses 'stretched')."""
+    return _nivmf_factory("loglik", nivmf_form=nivmf_form, normalizer=normalizer)
+
+
+def _l2_nivmf_factory() -> Callable[..., Pairwise]:
+    """-|e_i - w_c|^2 with the proxy point w_c = K_c mu_c."""
+    return _nivmf_factory("l2")
+
+
+def _cosine_nivmf_factory() -> Callable[..., Pairwise]:
+    """cos(e_i, w_c) with the proxy point w_c = K_c mu_c."""
+    return _nivmf_factory("cosine")
+
+
 SIMILARITIES: dict[str, Callable[..., Callable[..., Pairwise]]] = {
     "cosine": _cosine_factory,
     "dot": _dot_factory,
     "l2": _l2_factory,
     "introspective": _introspective_factory,
+    "elk": _elk_factory,
+    "bhattacharyya": _bhattacharyya_factory,
+    "ppk": _ppk_factory,
+    "kl": _kl_factory,
+    "loglik": _loglik_factory,
+    "l2_vmf": _l2_factory,
+    "el_nivmf": _el_nivmf_factory,
+    "bhattacharyya_nivmf": _bhattacharyya_nivmf_factory,
+    "ppk_nivmf": _ppk_nivmf_factory,
+    "kl_nivmf": _kl_nivmf_factory,
+    "loglik_nivmf": _loglik_nivmf_factory,
+    "l2_nivmf": _l2_nivmf_factory,
+    "cosine_nivmf": _cosine_nivmf_factory,
 }
 
 # Similarities whose values lie in [-1, 1] (what angular-margin losses such as ArcFace need).
 BOUNDED_SIMILARITIES = frozenset({"cosine", "introspective"})
 
 # Similarities that read proxy concentrations: 'scalar' = bundle['kappa'] [M], 'vector' = bundle['kappas'] [M, D].
-PROXY_CONCENTRATION: dict[str, str] = {}
+PROXY_CONCENTRATION: dict[str, str] = {
+    **{name: "scalar" for name in ("elk", "bhattacharyya", "ppk", "kl", "loglik", "l2_vmf")},
+    **{name: "vector" for name in ("el_nivmf", "bhattacharyya_nivmf", "ppk_nivmf", "kl_nivmf", "loglik_nivmf",
+                                   "l2_nivmf", "cosine_nivmf")},
+}
 
 # Similarities that, for some options, apply the softmax temperature themselves (S = s / T computed
 # inside, e.g. the reference EL-nivMF log-mean-exp): name -> predicate on the options dict.
-TEMPERATURE_INSIDE: dict[str, Callable[[dict], bool]] = {}
+TEMPERATURE_INSIDE: dict[str, Callable[[dict], bool]] = {
+    "el_nivmf": lambda o: bool(o.get("compat", False) or o.get("temperature_inside", False)),
+}
 
 
 def similarity_options(name: str) -> tuple[str, ...]:
