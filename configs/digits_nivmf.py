@@ -19,10 +19,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss.name = "proxy_nca_pp"
     config.loss.similarity = "el_nivmf"
     config.loss.similarity_options = {
-        "nivmf_form": "reference_linear",  # or 'stretched' / 'exact' (Monte Carlo)
-        "estimator": "auto",  # closed form where it exists
+        "form": "reference_linear",  # or 'stretched' / 'exact' (with estimator='monte_carlo')
+        "estimator": "closed_form",  # or 'monte_carlo' (num_samples draws per image, shared by all proxies)
         "num_samples": 10,
-        "temperature_inside": False,
+        "temperature_placement": "outside",  # 'inside': the official log E[niv^(1/T)]
         "normalizer": "exact",
     }
     config.loss.temperature = 1.0

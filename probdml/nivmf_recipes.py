@@ -26,7 +26,6 @@ import ml_collections
 from ml_collections import config_dict
 
 from probdml.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from probdml.similarity import EL_NIVMF_COMPAT_PRESET
 
 # Images of the training classes (CUB: classes 1-100; Cars196: classes 1-98; SOP: Ebay_train.txt).
 TRAIN_IMAGES = {"cub200": 5864, "cars196": 8054, "sop": 59551}
@@ -157,8 +156,7 @@ def nivmf_retrieval_config(dataset: str, run: str = "r512", *, reference_gating:
         gated_off = reference_gating and distance in _UNGATED
         config = _base(dataset, 512, 106, 50, (1000,), 1.0, 1.0 if gated_off else 150.0)
         loss.similarity = similarity
-        loss.similarity_options = {"num_samples": 10} if similarity in (
-            "el_nivmf", "kl_nivmf", "bhattacharyya_nivmf") else {}
+        loss.similarity_options = {}
         loss.temperature = temperature
         loss.guidance_weight = 0.0
         loss.proxy_concentration = concentration
@@ -169,10 +167,10 @@ def nivmf_retrieval_config(dataset: str, run: str = "r512", *, reference_gating:
         r = OFFICIAL_RUNS[(dataset, dim)]
         config = _base(dataset, dim, 64, r["epochs"], r["milestones"], r["gamma"], r["init_norm"])
         loss.similarity = "el_nivmf"
-        loss.similarity_options = {"nivmf_form": "reference_linear", "estimator": "auto",
-                                   "temperature_inside": True, "normalizer": "exact"}
+        loss.similarity_options = {"form": "reference_linear", "estimator": "closed_form",
+                                   "temperature_placement": "inside", "normalizer": "exact"}
         if run.endswith("_compat"):
-            loss.similarity_options = dict(EL_NIVMF_COMPAT_PRESET)
+            loss.similarity_options = {"compat": True}
             loss.kappa_param = "clamp"
         loss.temperature = 0.003
         loss.guidance_weight = r["guidance"]

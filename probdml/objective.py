@@ -218,7 +218,7 @@ def _proxy_objective(cfg: ml_collections.ConfigDict, num_classes: int, embed_dim
             loss = losses.proxy_nca_pp(sim, labels, temperature=1.0 if temperature_inside else t,
                                        class_mask=class_mask)
             if kappa_kind:
-                aux["embedding_norm"] = jnp.mean(similarity.vector_norm(outputs["embedding"]))
+                aux["embedding_norm"] = jnp.mean(jnp.linalg.norm(outputs["embedding"], axis=-1))
                 aux["proxy_kappa"] = jnp.mean(kappa)
             if hp["guidance_weight"]:
                 guide = similarity.cosine(outputs["embedding"], params["proxies"])

@@ -30,6 +30,7 @@ embedding; `l2` compares natural parameters, so a vMF proxy (mu_c, kappa_c) is t
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
@@ -223,6 +224,152 @@ def introspective(
 
 
 # ----------------------------------------------------------------------------------------------------
+# vMF kernels (specs/nivmf.md sections 1-3). An image is vMF(mu = e/|e|, kappa = |e|); a proxy bundle
+# gives its direction in 'embedding' and its concentration in 'kappa' [M] (isotropic) or 'kappas'
+# [M, D] (nivMF, K = diag(kappas)). Kernels are log-values: log PPK, -KL, log-likelihoods.
+
+NORMALIZERS = ("exact", "reference_quadratic")
+NIVMF_FORMS = distributions.NIVMF_FORMS
+EL_ESTIMATORS = ("closed_form", "monte_carlo")
+TEMPERATURE_PLACEMENTS = ("outside", "inside")
+
+
+def _log_normalizer(normalizer: str) -> Callable[[Array, int], Array]:
+    if normalizer == "exact":
+        return special.log_vmf_normalizer
+    if normalizer == "reference_quadratic":
+        return distributions.reference_log_normalizer
+    raise ValueError(f"normalizer must be one of {NORMALIZERS}, got {normalizer!r}")
+
+
+def vmf_parameters(bundle: Bundle) -> tuple[Array, Array]:
+    """(mu [N, D], kappa [N]) of a bundle: mu = e/|e|, kappa = bundle['kappa'] or |e| (zero rows: 0, 0)."""
+    e = bundle["embedding"]
+    mu = l2_normalize(e)
+    kappa = bundle["kappa"] if "kappa" in bundle else safe_sqrt(jnp.sum(e * e, axis=-1))
+    return mu, kappa
+
+
+def _resultant(kappa_a: Array, kappa_b: Array, cos: Array) -> Array:
+    """|kappa_a mu_a + kappa_b mu_b| = sqrt(ka^2 + kb^2 + 2 ka kb cos) for [N] x [M] -> [N, M]."""
+    ka, kb = kappa_a[:, None], kappa_b[None, :]
+    return safe_sqrt(ka * ka + kb * kb + 2.0 * ka * kb * cos)
+
+
+def ppk(mu_a: Array, kappa_a: Array, mu_b: Array, kappa_b: Array, *, rho: float = 1.0,
+        normalizer: str = "exact") -> Array:
+    """log probability product kernel of order rho between vMF(mu_a_i, kappa_a_i) and vMF(mu_b_j, kappa_b_j):
+
+    log int f_a^rho f_b^rho dx = rho (log C_p(ka) + log C_p(kb)) - log C_p(rho |ka mu_a + kb mu_b|)  [N, M].
+    rho = 1: expected likelihood kernel (EL); rho = 1/2: log Bhattacharyya coefficient.
+    """
+    log_c = _log_normalizer(normalizer)
+    p = mu_a.shape[-1]
+    resultant = _resultant(kappa_a, kappa_b, mu_a @ mu_b.T)
+    own = log_c(kappa_a, p)[:, None] + log_c(kappa_b, p)[None, :]
+    return rho * own - log_c(rho * resultant, p)
+
+
+def vmf_kl(mu_a: Array, kappa_a: Array, mu_b: Array, kappa_b: Array, *, normalizer: str = "exact",
+           exact_mean_length: bool = True) -> Array:
+    """KL(vMF(mu_a_i, ka_i) || vMF(mu_b_j, kb_j)) = log C_p(ka) - log C_p(kb) + A_p(ka) (ka - kb mu_b.mu_a) [N, M].
+
+    `exact_mean_length=False` replaces A_p(ka) by 1, as the reference code does (C7).
+    """
+    log_c = _log_normalizer(normalizer)
+    p = mu_a.shape[-1]
+    mean_length = special.vmf_mean_resultant_length(kappa_a, p) if exact_mean_length else jnp.ones_like(kappa_a)
+    cos = mu_a @ mu_b.T
+    own = log_c(kappa_a, p) + mean_length * kappa_a
+    return own[:, None] - log_c(kappa_b, p)[None, :] - mean_length[:, None] * kappa_b[None, :] * cos
+
+
+def vmf_loglik(mu_a: Array, mu_b: Array, kappa_b: Array, *, normalizer: str = "exact") -> Array:
+    """Point log-likelihood log vMF(mu_a_i; mu_b_j, kb_j) = log C_p(kb) + kb mu_b.mu_a  [N, M]."""
+    log_c = _log_normalizer(normalizer)
+    return log_c(kappa_b, mu_a.shape[-1])[None, :] + kappa_b[None, :] * (mu_a @ mu_b.T)
+
+
+def _nivmf_constants(mu_b: Array, kappas_b: Array, normalizer: str) -> tuple[Array, Array, Array]:
+    """w = K mu [M, D], |w| [M] (clamped at 1e-12) and log C_p(|w|) + log det K [M]."""
+    w = kappas_b * mu_b
+    w_norm = jnp.sqrt(jnp.maximum(jnp.sum(w * w, axis=-1), _EPS * _EPS))
+    log_c = _log_normalizer(normalizer)
+    return w, w_norm, log_c(w_norm, mu_b.shape[-1]) + jnp.sum(jnp.log(kappas_b), axis=-1)
+
+
+def nivmf_pairwise_log_prob(x: Array, mu_b: Array, kappas_b: Array, *, form: str = "exact",
+                            normalizer: str = "exact") -> Array:
+    """log nivMF(x; mu_b_j, diag(kappas_b_j)) for points x [..., N, D] and M proxies -> [..., N, M].
+
+    The forms of probdml.distributions.nivmf_log_prob, evaluated with matrix products
+    (w.Kx = x . (kappas^2 mu), |Kx|^2 = x^2 . kappas^2) instead of an [..., N, M, D] broadcast.
+    """
+    if form not in NIVMF_FORMS:
+        raise ValueError(f"form must be one of {NIVMF_FORMS}, got {form!r}")
+    w, w_norm, const = _nivmf_constants(mu_b, kappas_b, normalizer)
+    if form == "reference_linear":
+        return const - jnp.log(w_norm) + x @ w.T
+    sq = kappas_b * kappas_b
+    kx_norm = jnp.sqrt(jnp.maximum((x * x) @ sq.T, _EPS * _EPS))
+    aligned = (x @ (sq * mu_b).T) / kx_norm
+    if form == "stretched":
+        return const - jnp.log(w_norm) + aligned
+    return const + aligned - mu_b.shape[-1] * jnp.log(kx_norm)
+
+
+def el_nivmf(
+    mu_a: Array,
+    kappa_a: Array,
+    mu_b: Array,
+    kappas_b: Array,
+    *,
+    form: str = "reference_linear",
+    estimator: str = "closed_form",
+    num_samples: int = 20,
+    temperature: float | Array = 1.0,
+    temperature_placement: str = "outside",
+    normalizer: str = "exact",
+    key: Array | None = None,
+    kappa_gradient: str = "implicit",
+) -> Array:
+    """Expected likelihood of nivMF proxies under image vMFs, log E_{x ~ vMF(mu_a_i, ka_i)}[nivMF_j(x)^(1/T')]
+    [N, M], with T' = T for `temperature_placement='inside'` (the reference code's logit, which estimates
+    log E[niv^(1/T)], not (1/T) log E[niv]) and T' = 1 for 'outside' (the loss then divides by T).
+
+    closed_form (form 'reference_linear' only, whose exponent is linear in x): with
+    a_j = log C_p(|w_j|) + log det K_j - log|w_j|,
+        log E[exp(l_j(x) / T')] = a_j / T' + log C_p(ka) - log C_p(|ka mu_a + w_j / T'|).
+    monte_carlo: log (1/n) sum_s exp(l_j(x_s) / T') over n reparameterised samples x_s ~ vMF(mu_a, ka)
+    (probdml.distributions.vmf_sample, shared by all proxies); Jensen-biased low for small n.
+    `kappa_gradient`: the sampler's concentration gradient ('implicit', exact; 'proposal', the official).
+    """
+    if estimator not in EL_ESTIMATORS:
+        raise ValueError(f"estimator must be one of {EL_ESTIMATORS}, got {estimator!r}")
+    if temperature_placement not in TEMPERATURE_PLACEMENTS:
+        raise ValueError(
+            f"temperature_placement must be one of {TEMPERATURE_PLACEMENTS}, got {temperature_placement!r}")
+    t = temperature if temperature_placement == "inside" else 1.0
+    p = mu_a.shape[-1]
+    if estimator == "closed_form":
+        if form != "reference_linear":
+            raise ValueError(f"the closed form exists only for form='reference_linear', not {form!r}; "
+                             "use estimator='monte_carlo'")
+        w, w_norm, const = _nivmf_constants(mu_b, kappas_b, normalizer)
+        log_c = _log_normalizer(normalizer)
+        shift = w / t
+        ka = kappa_a[:, None]
+        shift_sq = jnp.sum(shift * shift, axis=-1)[None, :]
+        resultant = safe_sqrt(ka * ka + shift_sq + 2.0 * ka * (mu_a @ shift.T))
+        return (const - jnp.log(w_norm))[None, :] / t + log_c(kappa_a, p)[:, None] - log_c(resultant, p)
+    if key is None:
+        raise ValueError("el_nivmf with estimator='monte_carlo' needs a PRNG key")
+    x = distributions.vmf_sample(key, mu_a, kappa_a, (num_samples,), kappa_gradient=kappa_gradient)  # [n, N, D]
+    log_lik = nivmf_pairwise_log_prob(x, mu_b, kappas_b, form=form, normalizer=normalizer) / t
+    return jax.nn.logsumexp(log_lik, axis=0) - math.log(num_samples)
+
+
+# ----------------------------------------------------------------------------------------------------
 # Registry: functions of two embedding bundles
 
 
@@ -310,346 +457,268 @@ def _check_choice(kind: str, value: str, valid: tuple[str, ...]) -> None:
         raise unknown_choice(kind, value, valid)
 
 
-# ----------------------------------------------------------------------------------------------------
-# vMF kernels (specs/nivmf.md sections 1-2): images are vMF(mu = e/|e|, kappa = |e|) given by their
-# natural parameter e; isotropic proxies are vMF(mu_c, kappa_c); nivMF proxies have a direction v_c
-# (used through v_c/|v_c|) and per-axis concentrations kappas_c, K_c = diag(kappas_c), w_c = K_c mu_c.
-
-NORMALIZERS = ("exact", "reference_quadratic")
-NIVMF_FORMS = ("reference_linear", "stretched", "exact")
-EL_ESTIMATORS = ("auto", "closed_form", "monte_carlo")
-KAPPA_GRADIENTS = ("implicit", "proposal")
+def _isotropic_parameters(bundle: Bundle) -> tuple[Array, Array]:
+    if "kappas" in bundle:
+        raise ValueError("this kernel compares isotropic vMFs; the bundle has per-axis 'kappas' (use el_nivmf or "
+                         "loglik_nivmf)")
+    return vmf_parameters(bundle)
 
 
-def _log_normalizer_fn(normalizer: str) -> Callable[[Array, int], Array]:
-    if normalizer == "exact":
-        return special.log_vmf_normalizer
-    if normalizer == "reference_quadratic":
-        return distributions.reference_log_normalizer
-    raise unknown_choice("normalizer", normalizer, NORMALIZERS)
+def _nivmf_parameters(bundle: Bundle) -> tuple[Array, Array]:
+    """(mu, kappas [M, D]); a bundle without 'kappas' is isotropic, kappas = kappa * 1."""
+    if "kappas" in bundle:
+        return l2_normalize(bundle["embedding"]), bundle["kappas"]
+    mu, kappa = vmf_parameters(bundle)
+    return mu, kappa[:, None] * jnp.ones_like(mu)
 
 
-def vector_norm(x: Array) -> Array:
-    """|x| along the last axis with a zero (not NaN) gradient at x = 0."""
-    return safe_sqrt(jnp.sum(x * x, axis=-1))
-
-
-def _norm_of_sum(x: Array, y: Array, scale_y: Array | float = 1.0) -> Array:
-    """|x_i + scale_y y_j| for x [N, D], y [M, D] -> [N, M], by |x|^2 + s^2 |y|^2 + 2 s <x, y>."""
-    sq = (jnp.sum(x * x, axis=-1)[:, None] + scale_y * scale_y * jnp.sum(y * y, axis=-1)[None, :]
-          + 2.0 * scale_y * (x @ y.T))
-    return safe_sqrt(sq)
-
-
-def ppk_vmf(x: Array, y: Array, *, rho: float = 1.0, normalizer: str = "exact") -> Array:
-    """log probability-product kernel of order rho between vMF(x_i) and vMF(y_j) (natural parameters
-    x [N, D], y [M, D]; D1): log int f_i^rho f_j^rho dx = rho [log C_p(|x_i|) + log C_p(|y_j|)]
-    - log C_p(rho |x_i + y_j|). rho = 1: expected likelihood kernel (EL); rho = 1/2: log Bhattacharyya
-    coefficient. [N, M], nats."""
-    log_c = _log_normalizer_fn(normalizer)
-    dim = x.shape[-1]
-    kx, ky = vector_norm(x), vector_norm(y)
-    return rho * (log_c(kx, dim)[:, None] + log_c(ky, dim)[None, :]) - log_c(rho * _norm_of_sum(x, y), dim)
-
-
-def neg_kl_vmf(x: Array, y: Array, *, normalizer: str = "exact", reference_sign: bool = False) -> Array:
-    """-KL(vMF(x_i) || vMF(y_j)) = -[log C_p(k) - log C_p(k_j) + A_p(k)(k - mu_i.y_j)], k = |x_i|,
-    k_j = |y_j| (D4); [N, M], nats. `reference_sign=True` reproduces the official criterion, which
-    returns +[log C_p(k) - log C_p(k_j) + k - mu_i.y_j] (A_p(k) -> 1 and no minus sign: maximising it
-    pushes images *away* from their proxy; specs/nivmf.md C7)."""
-    log_c = _log_normalizer_fn(normalizer)
-    dim = x.shape[-1]
-    kx, ky = vector_norm(x), vector_norm(y)
-    proj = l2_normalize(x) @ y.T  # mu_i . y_j = k_j cos
-    if reference_sign:
-        return log_c(kx, dim)[:, None] - log_c(ky, dim)[None, :] + kx[:, None] - proj
-    mean_len = special.vmf_mean_resultant_length(kx, dim)[:, None]
-    return -(log_c(kx, dim)[:, None] - log_c(ky, dim)[None, :] + mean_len * (kx[:, None] - proj))
-
-
-def loglik_vmf(x: Array, y: Array, *, normalizer: str = "exact") -> Array:
-    """log vMF(mu_i; y_j) = log C_p(|y_j|) + mu_i.y_j: the image's mode under the proxy vMF (the
-    image concentration is unused, as D5); [N, M], nats."""
-    log_c = _log_normalizer_fn(normalizer)
-    return log_c(vector_norm(y), x.shape[-1])[None, :] + l2_normalize(x) @ y.T
-
-
-def nivmf_parameters(v: Array, kappas: Array, normalizer: str = "exact") -> tuple[Array, Array]:
-    """(w, a) of nivMF proxies with directions v [C, D] (used as v/|v|) and concentrations kappas [C, D]:
-    w_c = K_c mu_c and a_c = log C_p(|w_c|) + sum_d log kappas_cd - log |w_c|, so that the reference
-    (N-mc, `reference_linear`) log density is a_c + w_c.x: an isotropic vMF(w_c/|w_c|, |w_c|) times the
-    class constant det K_c / |w_c|."""
-    w = kappas * l2_normalize(v)
-    w_norm = vector_norm(w)
-    a = _log_normalizer_fn(normalizer)(w_norm, v.shape[-1]) + jnp.sum(jnp.log(kappas), axis=-1) - jnp.log(w_norm)
-    return w, a
-
-
-def nivmf_log_density_matrix(x: Array, v: Array, kappas: Array, *, form: str = "exact",
-                             normalizer: str = "exact") -> Array:
-    """log nivMF_c(x) for points x [..., D] on the sphere and every proxy c: [..., C].
-
-    The forms of probdml.distributions.nivmf_log_prob, by matrix products only (no [..., C, D]
-    intermediate): with w_c = K_c mu_c, w_c.(K_c x) = x.(K_c^2 mu_c) and |K_c x|^2 = (x*x).kappas_c^2."""
-    _check_choice("nivmf_form", form, NIVMF_FORMS)
-    w, a = nivmf_parameters(v, kappas, normalizer)
-    if form == "reference_linear":
-        return x @ w.T + a
-    log_det_minus_w = jnp.sum(jnp.log(kappas), axis=-1) - jnp.log(vector_norm(w))
-    log_c_w = a - log_det_minus_w
-    kx_norm = jnp.sqrt((x * x) @ (kappas * kappas).T)
-    exponent = (x @ (kappas * w).T) / kx_norm
-    log_det = jnp.sum(jnp.log(kappas), axis=-1)
-    if form == "stretched":
-        return log_c_w + exponent + log_det_minus_w
-    return log_c_w + exponent + log_det - x.shape[-1] * jnp.log(kx_norm)
-
-
-def _log_mean_exp(x: Array, axis: int = 0) -> Array:
-    return jax.nn.logsumexp(x, axis=axis) - jnp.log(x.shape[axis])
-
-
-def el_nivmf_closed_form(e: Array, v: Array, kappas: Array, *, temperature: Array | float = 1.0,
-                         normalizer: str = "exact") -> Array:
-    """(1/T-scaled) log expected likelihood of `reference_linear` nivMF proxies under image vMFs, exactly:
-
-        log E_{x ~ vMF(e_i)}[exp(l_c(x) / T)] = a_c / T + log C_p(|e_i|) - log C_p(|e_i + w_c / T|),
-
-    l_c(x) = a_c + w_c.x (`nivmf_parameters`). T = 1 gives the log EL kernel (D6); T != 1 is the estimand
-    of the official temperature-inside Monte Carlo average. `normalizer` applies to a_c only (as in the
-    official code); the expectation's normalisers are exact. e [B, D], v and kappas [C, D] -> [B, C]."""
-    w, a = nivmf_parameters(v, kappas, normalizer)
-    dim = e.shape[-1]
-    inv_t = 1.0 / temperature
-    kappa = vector_norm(e)
-    return (a * inv_t)[None, :] + special.log_vmf_normalizer(kappa, dim)[:, None] \
-        - special.log_vmf_normalizer(_norm_of_sum(e, w, inv_t), dim)
-
-
-def vmf_samples(key: Array, e: Array, num_samples: int, kappa_gradient: str = "implicit") -> Array:
-    """num_samples draws from each image vMF(e_i/|e_i|, |e_i|): [num_samples, B, D], reparameterised."""
-    _check_choice("kappa_gradient", kappa_gradient, KAPPA_GRADIENTS)
-    return distributions.vmf_sample(key, l2_normalize(e), vector_norm(e), (num_samples,),
-                                    kappa_gradient=kappa_gradient)
-
-
-def nivmf_ppk_monte_carlo(samples: Array, e: Array, v: Array, kappas: Array, *, rho: float = 1.0,
-                          form: str = "exact", temperature: Array | float = 1.0,
-                          normalizer: str = "exact") -> Array:
-    """Monte Carlo log PPK_rho between image vMFs and nivMF proxies (D6, D7), vectorised over samples,
-    images and proxies: log (1/n) sum_s exp([(rho - 1) log vMF_i(x_s) + rho l_c(x_s)] / T),
-    x_s ~ vMF(e_i) (`samples` [n, B, D]), l_c = log nivMF_c of `form`. rho = 1, T = 1: log EL kernel;
-    T != 1: the official temperature-inside estimator. [B, C]."""
-    dim = e.shape[-1]
-    log_niv = nivmf_log_density_matrix(samples, v, kappas, form=form, normalizer=normalizer)  # [n, B, C]
-    logits = rho * log_niv
-    if rho != 1.0:
-        log_vmf = special.log_vmf_normalizer(vector_norm(e), dim) + jnp.sum(samples * e, axis=-1)  # [n, B]
-        logits = logits + (rho - 1.0) * log_vmf[..., None]
-    return _log_mean_exp(logits / temperature, axis=0)
-
-
-def nivmf_neg_kl_monte_carlo(samples: Array, e: Array, v: Array, kappas: Array, *, form: str = "exact",
-                             normalizer: str = "exact") -> Array:
-    """-KL(vMF(e_i) || nivMF_c) = H(vMF(e_i)) + E_{x ~ vMF(e_i)}[log nivMF_c(x)] (D7), the expectation by
-    the sample mean over `samples` [n, B, D]. [B, C], nats."""
-    log_niv = nivmf_log_density_matrix(samples, v, kappas, form=form, normalizer=normalizer)
-    return distributions.vmf_entropy(vector_norm(e), e.shape[-1])[:, None] + jnp.mean(log_niv, axis=0)
-
-
-def nivmf_neg_kl_closed_form(e: Array, v: Array, kappas: Array, *, normalizer: str = "exact") -> Array:
-    """-KL(vMF(e_i) || nivMF_c) for the `reference_linear` form, exactly: H(vMF(e_i)) + a_c
-    + A_p(|e_i|) mu_i.w_c. [B, C], nats."""
-    w, a = nivmf_parameters(v, kappas, normalizer)
-    dim = e.shape[-1]
-    kappa = vector_norm(e)
-    mean_dir = special.vmf_mean_resultant_length(kappa, dim)[:, None] * l2_normalize(e)
-    return distributions.vmf_entropy(kappa, dim)[:, None] + a[None, :] + mean_dir @ w.T
-
-
-def nivmf_ppk_closed_form(e: Array, v: Array, kappas: Array, *, rho: float = 1.0,
-                          normalizer: str = "exact") -> Array:
-    """log PPK_rho between image vMFs and `reference_linear` nivMF proxies, exactly:
-    rho [log C_p(|e_i|) + a_c] - log C_p(rho |e_i + w_c|). [B, C], nats."""
-    w, a = nivmf_parameters(v, kappas, normalizer)
-    dim = e.shape[-1]
-    return rho * (special.log_vmf_normalizer(vector_norm(e), dim)[:, None] + a[None, :]) \
-        - special.log_vmf_normalizer(rho * _norm_of_sum(e, w), dim)
-
-
-def _proxy_kappa(bundle: Bundle, key: str, name: str) -> Array:
-    if key not in bundle:
-        raise ValueError(f"similarity {name!r} needs proxy concentrations {key!r} in the second bundle; "
-                         f"it has {', '.join(sorted(bundle))}")
-    return bundle[key]
-
-
-def _vmf_kernel_factory(kernel: str, *, rho: float = 1.0, normalizer: str = "exact",
-                        reference_sign: bool = False) -> Callable[..., Pairwise]:
+def _check_normalizer(normalizer: str) -> None:
     _check_choice("normalizer", normalizer, NORMALIZERS)
-    if kernel == "ppk" and not 0 < rho:
-        raise ConfigError(f"similarity 'ppk': rho must be > 0, got {rho!r}")
+
+
+def _ppk_factory(*, rho: float = 1.0, normalizer: str = "exact") -> Callable[..., Pairwise]:
+    _check_normalizer(normalizer)
+    if not rho > 0:
+        raise ConfigError(f"ppk: rho must be > 0, got {rho!r}")
 
     def pairwise(a: Bundle, b: Bundle, *, key: Array | None = None, temperature=None) -> Pairwise:
         del key, temperature
-        x, y = natural_parameter(a), natural_parameter(b)
-        if kernel == "ppk":
-            s = ppk_vmf(x, y, rho=rho, normalizer=normalizer)
-        elif kernel == "kl":
-            s = neg_kl_vmf(x, y, normalizer=normalizer, reference_sign=reference_sign)
-        else:
-            s = loglik_vmf(x, y, normalizer=normalizer)
-        return Pairwise(s, -s)
+        sim = ppk(*_isotropic_parameters(a), *_isotropic_parameters(b), rho=rho, normalizer=normalizer)
+        return Pairwise(sim, -sim)
 
     return pairwise
 
 
-def _elk_factory(*, normalizer: str = "exact") -> Callable[..., Pairwise]:
-    """EL-vMF (D2): the PPK of order 1."""
-    return _vmf_kernel_factory("ppk", rho=1.0, normalizer=normalizer)
+def _el_factory(*, normalizer: str = "exact") -> Callable[..., Pairwise]:
+    return _ppk_factory(rho=1.0, normalizer=normalizer)
 
 
 def _bhattacharyya_factory(*, normalizer: str = "exact") -> Callable[..., Pairwise]:
-    """B-vMF (D3): the PPK of order 1/2 (log Bhattacharyya coefficient)."""
-    return _vmf_kernel_factory("ppk", rho=0.5, normalizer=normalizer)
+    return _ppk_factory(rho=0.5, normalizer=normalizer)
 
 
-def _ppk_factory(*, rho: float = 1.0, normalizer: str = "exact") -> Callable[..., Pairwise]:
-    return _vmf_kernel_factory("ppk", rho=rho, normalizer=normalizer)
+def _kl_factory(*, reference_sign: bool = False, exact_mean_length: bool = True,
+                normalizer: str = "exact") -> Callable[..., Pairwise]:
+    """s = -KL(image || reference); `reference_sign=True` uses +KL (the reference criterion, C7)."""
+    _check_normalizer(normalizer)
 
+    def pairwise(a: Bundle, b: Bundle, *, key: Array | None = None, temperature=None) -> Pairwise:
+        del key, temperature
+        kl = vmf_kl(*_isotropic_parameters(a), *_isotropic_parameters(b), normalizer=normalizer,
+                    exact_mean_length=exact_mean_length)
+        sim = kl if reference_sign else -kl
+        return Pairwise(sim, -sim)
 
-def _kl_factory(*, normalizer: str = "exact", reference_sign: bool = False) -> Callable[..., Pairwise]:
-    return _vmf_kernel_factory("kl", normalizer=normalizer, reference_sign=reference_sign)
+    return pairwise
 
 
 def _loglik_factory(*, normalizer: str = "exact") -> Callable[..., Pairwise]:
-    return _vmf_kernel_factory("loglik", normalizer=normalizer)
+    _check_normalizer(normalizer)
+
+    def pairwise(a: Bundle, b: Bundle, *, key: Array | None = None, temperature=None) -> Pairwise:
+        del key, temperature
+        mu_a, _ = _isotropic_parameters(a)
+        mu_b, kappa_b = _isotropic_parameters(b)
+        sim = vmf_loglik(mu_a, mu_b, kappa_b, normalizer=normalizer)
+        return Pairwise(sim, -sim)
+
+    return pairwise
 
 
-# The official EL-nivMF computation (specs/nivmf.md sections 2, 8: C1, C3, C4, C5).
-EL_NIVMF_COMPAT_PRESET = {
-    "nivmf_form": "reference_linear",
-    "estimator": "monte_carlo",
-    "num_samples": 5,
-    "temperature_inside": True,
-    "normalizer": "reference_quadratic",
-    "kappa_gradient": "proposal",
-}
+def _loglik_nivmf_factory(*, form: str = "exact", normalizer: str = "exact") -> Callable[..., Pairwise]:
+    _check_choice("nivmf form", form, NIVMF_FORMS)
+    _check_normalizer(normalizer)
+
+    def pairwise(a: Bundle, b: Bundle, *, key: Array | None = None, temperature=None) -> Pairwise:
+        del key, temperature
+        mu_b, kappas_b = _nivmf_parameters(b)
+        sim = nivmf_pairwise_log_prob(l2_normalize(a["embedding"]), mu_b, kappas_b, form=form, normalizer=normalizer)
+        return Pairwise(sim, -sim)
+
+    return pairwise
 
 
-def _nivmf_factory(
-    kernel: str,
+def _el_nivmf_factory(
     *,
-    rho: float = 1.0,
-    nivmf_form: str = "reference_linear",
-    estimator: str = "auto",
-    num_samples: int = 10,
-    temperature_inside: bool = False,
+    form: str = "reference_linear",
+    estimator: str = "closed_form",
+    num_samples: int = 20,
+    temperature_placement: str = "outside",
     normalizer: str = "exact",
     kappa_gradient: str = "implicit",
     compat: bool = False,
 ) -> Callable[..., Pairwise]:
-    options = dict(nivmf_form=nivmf_form, estimator=estimator, num_samples=num_samples,
-                   temperature_inside=temperature_inside, normalizer=normalizer, kappa_gradient=kappa_gradient)
+    """EL-nivMF (D6); `compat=True` applies EL_NIVMF_COMPAT_PRESET (the official computation)."""
     if compat:
-        options.update(EL_NIVMF_COMPAT_PRESET)
-    form, est = options["nivmf_form"], options["estimator"]
-    _check_choice("nivmf_form", form, NIVMF_FORMS)
-    _check_choice("estimator", est, EL_ESTIMATORS)
-    _check_choice("normalizer", options["normalizer"], NORMALIZERS)
-    _check_choice("kappa_gradient", options["kappa_gradient"], KAPPA_GRADIENTS)
-    has_closed_form = form == "reference_linear" and kernel in ("ppk", "kl")
-    if est == "closed_form" and not has_closed_form:
-        raise ConfigError(f"{kernel} with nivmf_form={form!r} has no closed form; use estimator='monte_carlo' "
-                          f"(closed forms exist for nivmf_form='reference_linear')")
-    use_mc = kernel in ("ppk", "kl") and (est == "monte_carlo" or not has_closed_form)
-    n = options["num_samples"]
-    if use_mc and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise ConfigError(f"num_samples must be an int >= 1, got {n!r}")
-    if not rho > 0:
-        raise ConfigError(f"rho must be > 0, got {rho!r}")
-    t_inside = bool(options["temperature_inside"])
-    norm = options["normalizer"]
+        preset = EL_NIVMF_COMPAT_PRESET
+        form, estimator, num_samples = preset["form"], preset["estimator"], preset["num_samples"]
+        temperature_placement, normalizer = preset["temperature_placement"], preset["normalizer"]
+        kappa_gradient = preset["kappa_gradient"]
+    _check_choice("kappa_gradient", kappa_gradient, KAPPA_GRADIENTS)
+    _check_choice("nivmf form", form, NIVMF_FORMS)
+    _check_choice("el_nivmf estimator", estimator, EL_ESTIMATORS)
+    _check_choice("temperature_placement", temperature_placement, TEMPERATURE_PLACEMENTS)
+    _check_normalizer(normalizer)
+    if estimator == "closed_form" and form != "reference_linear":
+        raise ConfigError(f"el_nivmf: the closed form exists only for form='reference_linear', not {form!r}; "
+                          "set estimator='monte_carlo'")
+    if int(num_samples) < 1:
+        raise ConfigError(f"el_nivmf: num_samples must be >= 1, got {num_samples!r}")
 
     def pairwise(a: Bundle, b: Bundle, *, key: Array | None = None, temperature=None) -> Pairwise:
-        name = f"{kernel}_nivmf"
-        e, v, kappas = a["embedding"], b["embedding"], _proxy_kappa(b, "kappas", name)
-        t = 1.0 if temperature is None or not t_inside else temperature
-        if kernel in ("ppk", "kl") and use_mc:
-            if key is None:
-                raise ValueError(f"similarity {name!r} with a Monte Carlo estimator needs a PRNG key")
-            samples = vmf_samples(key, e, n, options["kappa_gradient"])
-            if kernel == "kl":
-                s = nivmf_neg_kl_monte_carlo(samples, e, v, kappas, form=form, normalizer=norm)
-            else:
-                s = nivmf_ppk_monte_carlo(samples, e, v, kappas, rho=rho, form=form, temperature=t,
-                                          normalizer=norm)
-        elif kernel == "kl":
-            s = nivmf_neg_kl_closed_form(e, v, kappas, normalizer=norm)
-        elif kernel == "ppk" and rho == 1.0:
-            s = el_nivmf_closed_form(e, v, kappas, temperature=t, normalizer=norm)
-        elif kernel == "ppk":
-            if t_inside:
-                raise ConfigError("temperature_inside applies to the EL kernel (rho = 1) only")
-            s = nivmf_ppk_closed_form(e, v, kappas, rho=rho, normalizer=norm)
-        elif kernel == "loglik":
-            s = nivmf_log_density_matrix(l2_normalize(e), v, kappas, form=form, normalizer=norm)
-        else:
-            w, _ = nivmf_parameters(v, kappas, norm)
-            s = -sq_euclidean(e, w) if kernel == "l2" else cosine(e, w)
-            return Pairwise(s, safe_sqrt(-s) if kernel == "l2" else chord_distance(s))
-        return Pairwise(s, -s)
+        sim = el_nivmf(*vmf_parameters(a), *_nivmf_parameters(b), form=form, estimator=estimator,
+                       num_samples=int(num_samples), temperature=1.0 if temperature is None else temperature,
+                       temperature_placement=temperature_placement, normalizer=normalizer, key=key,
+                       kappa_gradient=kappa_gradient)
+        return Pairwise(sim, -sim)
 
     return pairwise
 
 
-def _el_nivmf_factory(*, nivmf_form: str = "reference_linear", estimator: str = "auto", num_samples: int = 10,
-                      temperature_inside: bool = False, normalizer: str = "exact", kappa_gradient: str = "implicit",
-                      compat: bool = False) -> Callable[..., Pairwise]:
-    """EL-nivMF (D6): log E_{x ~ vMF(e)}[nivMF_c(x)] (or, temperature inside, log E[nivMF_c(x)^(1/T)],
-    already divided by T). `estimator='auto'`: the closed form for nivmf_form='reference_linear', Monte
-    Carlo with `num_samples` draws per image (shared by all proxies) otherwise. `compat=True` applies
-    EL_NIVMF_COMPAT_PRESET (the official computation)."""
-    return _nivmf_factory("ppk", rho=1.0, nivmf_form=nivmf_form, estimator=estimator, num_samples=num_samples,
-                          temperature_inside=temperature_inside, normalizer=normalizer,
-                          kappa_gradient=kappa_gradient, compat=compat)
+# The official EL-nivMF computation (specs/nivmf.md sections 2 and 8: C1, C3, C4, C5).
+EL_NIVMF_COMPAT_PRESET = {
+    "form": "reference_linear",
+    "estimator": "monte_carlo",
+    "num_samples": 5,
+    "temperature_placement": "inside",
+    "normalizer": "reference_quadratic",
+    "kappa_gradient": "proposal",
+}
+KAPPA_GRADIENTS = ("implicit", "proposal")
 
 
-def _ppk_nivmf_factory(*, rho: float = 0.5, nivmf_form: str = "reference_linear", estimator: str = "auto",
-                       num_samples: int = 10, normalizer: str = "exact",
+# ----------------------------------------------------------------------------------------------------
+# The rest of the Figure-5 grid with nivMF proxies: PPK of any order (Bhattacharyya), KL, L2 and cosine.
+# With the reference_linear form, nivMF_c(x) = exp(b_c) vMF(x; w_c/|w_c|, |w_c|), b_c = log det K_c - log|w_c|
+# (an isotropic vMF in disguise), so PPK and KL have closed forms; the other forms need Monte Carlo.
+
+
+def nivmf_natural_parameters(mu_b: Array, kappas_b: Array, normalizer: str = "exact") -> tuple[Array, Array]:
+    """(w [M, D], a [M]) with w_c = K_c mu_c and a_c = log C_p(|w_c|) + log det K_c - log|w_c|: the
+    reference_linear log density is a_c + w_c.x."""
+    w, w_norm, const = _nivmf_constants(mu_b, kappas_b, normalizer)
+    return w, const - jnp.log(w_norm)
+
+
+def vmf_samples(key: Array, mu_a: Array, kappa_a: Array, num_samples: int, kappa_gradient: str = "implicit") -> Array:
+    """num_samples reparameterised draws from each vMF(mu_a_i, kappa_a_i): [num_samples, N, D]."""
+    return distributions.vmf_sample(key, mu_a, kappa_a, (num_samples,), kappa_gradient=kappa_gradient)
+
+
+def nivmf_ppk(mu_a: Array, kappa_a: Array, mu_b: Array, kappas_b: Array, *, rho: float = 0.5,
+              normalizer: str = "exact") -> Array:
+    """log PPK_rho between image vMFs and reference_linear nivMF proxies, exactly (D7):
+    rho (log C_p(ka) + a_c) - log C_p(rho |ka mu_a + w_c|). [N, M], nats."""
+    w, a = nivmf_natural_parameters(mu_b, kappas_b, normalizer)
+    p = mu_a.shape[-1]
+    w_norm = jnp.sqrt(jnp.sum(w * w, axis=-1))
+    resultant = _resultant(kappa_a, w_norm, mu_a @ l2_normalize(w).T)
+    return rho * (special.log_vmf_normalizer(kappa_a, p)[:, None] + a[None, :]) \
+        - special.log_vmf_normalizer(rho * resultant, p)
+
+
+def nivmf_ppk_monte_carlo(samples: Array, mu_a: Array, kappa_a: Array, mu_b: Array, kappas_b: Array, *,
+                          rho: float = 0.5, form: str = "exact", normalizer: str = "exact") -> Array:
+    """log PPK_rho by Monte Carlo (D7): log (1/n) sum_s exp((rho - 1) log vMF_i(x_s) + rho log nivMF_c(x_s)),
+    x_s ~ vMF(mu_a_i, ka_i) given as `samples` [n, N, D] (shared by all proxies). [N, M]."""
+    p = mu_a.shape[-1]
+    log_niv = nivmf_pairwise_log_prob(samples, mu_b, kappas_b, form=form, normalizer=normalizer)
+    log_vmf = special.log_vmf_normalizer(kappa_a, p) + kappa_a * jnp.sum(samples * mu_a, axis=-1)  # [n, N]
+    logits = rho * log_niv + (rho - 1.0) * log_vmf[..., None]
+    return jax.nn.logsumexp(logits, axis=0) - math.log(samples.shape[0])
+
+
+def nivmf_neg_kl(mu_a: Array, kappa_a: Array, mu_b: Array, kappas_b: Array, *, normalizer: str = "exact") -> Array:
+    """-KL(vMF(mu_a_i, ka_i) || nivMF_c) for reference_linear proxies, exactly:
+    H(vMF(ka_i)) + a_c + A_p(ka_i) mu_a_i.w_c. [N, M], nats."""
+    w, a = nivmf_natural_parameters(mu_b, kappas_b, normalizer)
+    p = mu_a.shape[-1]
+    mean = special.vmf_mean_resultant_length(kappa_a, p)[:, None] * mu_a
+    return distributions.vmf_entropy(kappa_a, p)[:, None] + a[None, :] + mean @ w.T
+
+
+def nivmf_neg_kl_monte_carlo(samples: Array, mu_a: Array, kappa_a: Array, mu_b: Array, kappas_b: Array, *,
+                             form: str = "exact", normalizer: str = "exact") -> Array:
+    """-KL(vMF || nivMF_c) = H(vMF(ka_i)) + E_{x ~ vMF}[log nivMF_c(x)], the expectation over `samples`."""
+    log_niv = nivmf_pairwise_log_prob(samples, mu_b, kappas_b, form=form, normalizer=normalizer)
+    return distributions.vmf_entropy(kappa_a, mu_a.shape[-1])[:, None] + jnp.mean(log_niv, axis=0)
+
+
+def _nivmf_kernel_factory(kernel: str, *, rho: float = 0.5, form: str = "reference_linear",
+                          estimator: str = "closed_form", num_samples: int = 20, normalizer: str = "exact",
+                          kappa_gradient: str = "implicit") -> Callable[..., Pairwise]:
+    _check_choice("nivmf form", form, NIVMF_FORMS)
+    _check_choice("estimator", estimator, EL_ESTIMATORS)
+    _check_choice("kappa_gradient", kappa_gradient, KAPPA_GRADIENTS)
+    _check_normalizer(normalizer)
+    if kernel in ("ppk", "kl") and estimator == "closed_form" and form != "reference_linear":
+        raise ConfigError(f"{kernel}_nivmf: the closed form exists only for form='reference_linear', not {form!r}; "
+                          "set estimator='monte_carlo'")
+    if not rho > 0:
+        raise ConfigError(f"ppk_nivmf: rho must be > 0, got {rho!r}")
+    if int(num_samples) < 1:
+        raise ConfigError(f"num_samples must be >= 1, got {num_samples!r}")
+
+    def pairwise(a: Bundle, b: Bundle, *, key: Array | None = None, temperature=None) -> Pairwise:
+        del temperature
+        mu_a, kappa_a = vmf_parameters(a)
+        mu_b, kappas_b = _nivmf_parameters(b)
+        if kernel in ("l2", "cosine"):
+            w, _ = nivmf_natural_parameters(mu_b, kappas_b, normalizer)
+            if kernel == "cosine":
+                sim = cosine(a["embedding"], w)
+                return Pairwise(sim, chord_distance(sim))
+            sq = sq_euclidean(a["embedding"], w)
+            return Pairwise(-sq, safe_sqrt(sq))
+        if estimator == "closed_form":
+            if kernel == "ppk":
+                sim = nivmf_ppk(mu_a, kappa_a, mu_b, kappas_b, rho=rho, normalizer=normalizer)
+            else:
+                sim = nivmf_neg_kl(mu_a, kappa_a, mu_b, kappas_b, normalizer=normalizer)
+            return Pairwise(sim, -sim)
+        if key is None:
+            raise ValueError(f"{kernel}_nivmf with estimator='monte_carlo' needs a PRNG key")
+        x = vmf_samples(key, mu_a, kappa_a, int(num_samples), kappa_gradient)
+        if kernel == "ppk":
+            sim = nivmf_ppk_monte_carlo(x, mu_a, kappa_a, mu_b, kappas_b, rho=rho, form=form, normalizer=normalizer)
+        else:
+            sim = nivmf_neg_kl_monte_carlo(x, mu_a, kappa_a, mu_b, kappas_b, form=form, normalizer=normalizer)
+        return Pairwise(sim, -sim)
+
+    return pairwise
+
+
+def _ppk_nivmf_factory(*, rho: float = 0.5, form: str = "reference_linear", estimator: str = "closed_form",
+                       num_samples: int = 20, normalizer: str = "exact",
                        kappa_gradient: str = "implicit") -> Callable[..., Pairwise]:
-    """PPK_rho vMF-nivMF (D7; rho = 1/2: Bhattacharyya); closed form for reference_linear, else MC."""
-    return _nivmf_factory("ppk", rho=rho, nivmf_form=nivmf_form, estimator=estimator, num_samples=num_samples,
-                          normalizer=normalizer, kappa_gradient=kappa_gradient)
+    """log PPK_rho(vMF, nivMF) (D7; at rho = 1 el_nivmf is the same kernel)."""
+    return _nivmf_kernel_factory("ppk", rho=rho, form=form, estimator=estimator, num_samples=num_samples,
+                                 normalizer=normalizer, kappa_gradient=kappa_gradient)
 
 
-def _bhattacharyya_nivmf_factory(*, nivmf_form: str = "reference_linear", estimator: str = "auto",
-                                 num_samples: int = 10, normalizer: str = "exact",
+def _bhattacharyya_nivmf_factory(*, form: str = "reference_linear", estimator: str = "closed_form",
+                                 num_samples: int = 20, normalizer: str = "exact",
                                  kappa_gradient: str = "implicit") -> Callable[..., Pairwise]:
-    return _ppk_nivmf_factory(rho=0.5, nivmf_form=nivmf_form, estimator=estimator, num_samples=num_samples,
+    """B-nivMF: the PPK of order 1/2 with nivMF proxies."""
+    return _ppk_nivmf_factory(rho=0.5, form=form, estimator=estimator, num_samples=num_samples,
                               normalizer=normalizer, kappa_gradient=kappa_gradient)
 
 
-def _kl_nivmf_factory(*, nivmf_form: str = "reference_linear", estimator: str = "auto", num_samples: int = 10,
+def _kl_nivmf_factory(*, form: str = "reference_linear", estimator: str = "closed_form", num_samples: int = 20,
                       normalizer: str = "exact", kappa_gradient: str = "implicit") -> Callable[..., Pairwise]:
-    """-KL(vMF(e) || nivMF_c) (D7); closed form for reference_linear, else MC."""
-    return _nivmf_factory("kl", nivmf_form=nivmf_form, estimator=estimator, num_samples=num_samples,
-                          normalizer=normalizer, kappa_gradient=kappa_gradient)
-
-
-def _loglik_nivmf_factory(*, nivmf_form: str = "stretched", normalizer: str = "exact") -> Callable[..., Pairwise]:
-    """log nivMF_c(mu_i): the image mode under the proxy (D5; the official point loss uses 'stretched')."""
-    return _nivmf_factory("loglik", nivmf_form=nivmf_form, normalizer=normalizer)
+    """-KL(vMF(image) || nivMF_c) (D7)."""
+    return _nivmf_kernel_factory("kl", form=form, estimator=estimator, num_samples=num_samples,
+                                 normalizer=normalizer, kappa_gradient=kappa_gradient)
 
 
 def _l2_nivmf_factory() -> Callable[..., Pairwise]:
-    """-|e_i - w_c|^2 with the proxy point w_c = K_c mu_c."""
-    return _nivmf_factory("l2")
+    """-|e_i - w_c|^2 with the nivMF proxy's point w_c = K_c mu_c."""
+    return _nivmf_kernel_factory("l2")
 
 
 def _cosine_nivmf_factory() -> Callable[..., Pairwise]:
-    """cos(e_i, w_c) with the proxy point w_c = K_c mu_c."""
-    return _nivmf_factory("cosine")
+    """cos(e_i, w_c) with the nivMF proxy's point w_c = K_c mu_c."""
+    return _nivmf_kernel_factory("cosine")
 
 
 SIMILARITIES: dict[str, Callable[..., Callable[..., Pairwise]]] = {
@@ -657,17 +726,17 @@ SIMILARITIES: dict[str, Callable[..., Callable[..., Pairwise]]] = {
     "dot": _dot_factory,
     "l2": _l2_factory,
     "introspective": _introspective_factory,
-    "elk": _elk_factory,
-    "bhattacharyya": _bhattacharyya_factory,
     "ppk": _ppk_factory,
+    "el": _el_factory,
+    "bhattacharyya": _bhattacharyya_factory,
     "kl": _kl_factory,
     "loglik": _loglik_factory,
-    "l2_vmf": _l2_factory,
-    "el_nivmf": _el_nivmf_factory,
-    "bhattacharyya_nivmf": _bhattacharyya_nivmf_factory,
-    "ppk_nivmf": _ppk_nivmf_factory,
-    "kl_nivmf": _kl_nivmf_factory,
     "loglik_nivmf": _loglik_nivmf_factory,
+    "el_nivmf": _el_nivmf_factory,
+    "l2_vmf": _l2_factory,
+    "ppk_nivmf": _ppk_nivmf_factory,
+    "bhattacharyya_nivmf": _bhattacharyya_nivmf_factory,
+    "kl_nivmf": _kl_nivmf_factory,
     "l2_nivmf": _l2_nivmf_factory,
     "cosine_nivmf": _cosine_nivmf_factory,
 }
@@ -677,15 +746,26 @@ BOUNDED_SIMILARITIES = frozenset({"cosine", "introspective"})
 
 # Similarities that read proxy concentrations: 'scalar' = bundle['kappa'] [M], 'vector' = bundle['kappas'] [M, D].
 PROXY_CONCENTRATION: dict[str, str] = {
-    **{name: "scalar" for name in ("elk", "bhattacharyya", "ppk", "kl", "loglik", "l2_vmf")},
-    **{name: "vector" for name in ("el_nivmf", "bhattacharyya_nivmf", "ppk_nivmf", "kl_nivmf", "loglik_nivmf",
-                                   "l2_nivmf", "cosine_nivmf")},
+    "ppk": "scalar",
+    "el": "scalar",
+    "bhattacharyya": "scalar",
+    "kl": "scalar",
+    "loglik": "scalar",
+    "loglik_nivmf": "vector",
+    "el_nivmf": "vector",
+    "l2_vmf": "scalar",
+    "ppk_nivmf": "vector",
+    "bhattacharyya_nivmf": "vector",
+    "kl_nivmf": "vector",
+    "l2_nivmf": "vector",
+    "cosine_nivmf": "vector",
 }
 
 # Similarities that, for some options, apply the softmax temperature themselves (S = s / T computed
 # inside, e.g. the reference EL-nivMF log-mean-exp): name -> predicate on the options dict.
 TEMPERATURE_INSIDE: dict[str, Callable[[dict], bool]] = {
-    "el_nivmf": lambda o: bool(o.get("compat", False) or o.get("temperature_inside", False)),
+    "el_nivmf": lambda options: bool(options.get("compat", False))
+    or options.get("temperature_placement", "outside") == "inside",
 }
 
 

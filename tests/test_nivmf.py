@@ -84,8 +84,9 @@ def test_closed_form_el_equals_million_sample_monte_carlo():
     quad = a + np.log(num) + kappa + np.linalg.norm(w) - log_norm_t - log_norm_u
 
     with jax.enable_x64(True):
-        closed = float(similarity.el_nivmf_closed_form(jnp.asarray(e)[None], jnp.asarray(v)[None],
-                                                       jnp.asarray(kappas)[None])[0, 0])
+        mu_b = jnp.asarray(v / np.linalg.norm(v))[None]
+        closed = float(similarity.el_nivmf(jnp.asarray(e / kappa)[None], jnp.asarray([kappa]), mu_b,
+                                           jnp.asarray(kappas)[None])[0, 0])
         default = float(similarity.get_similarity("el_nivmf")(
             {"embedding": jnp.asarray(e)[None]}, {"embedding": jnp.asarray(v)[None], "kappas": jnp.asarray(kappas)[None]},
         ).similarity[0, 0])
@@ -94,22 +95,12 @@ def test_closed_form_el_equals_million_sample_monte_carlo():
     assert default == closed  # the closed form is the default, and needs no PRNG key
 
 
-def test_monte_carlo_estimator_matches_closed_form_and_is_vectorised():
-    p, b, c = 16, 3, 4
+def test_monte_carlo_estimator_is_vectorised_over_images_and_proxies():
+    p, c = 16, 4
     rng = np.random.default_rng(0)
-    e = jnp.asarray(rng.normal(size=(b, p)) * 3, jnp.float32)
+    e = jnp.asarray(rng.normal(size=(3, p)) * 3, jnp.float32)
     v = jnp.asarray(rng.normal(size=(c, p)), jnp.float32)
     kappas = jnp.asarray(rng.uniform(1, 6, (c, p)), jnp.float32)
-
-    @jax.jit
-    def estimates(t):
-        samples = similarity.vmf_samples(jax.random.key(0), e, 20000)
-        mc = similarity.nivmf_ppk_monte_carlo(samples, e, v, kappas, form="reference_linear", temperature=t)
-        return mc, similarity.el_nivmf_closed_form(e, v, kappas, temperature=t)
-
-    for t in (1.0, 2.0):
-        mc, closed = estimates(t)
-        np.testing.assert_allclose(mc, closed, atol=0.05)
 
     def sim(e_, k):
         fn = similarity.get_similarity("el_nivmf", estimator="monte_carlo", num_samples=5)
@@ -117,74 +108,49 @@ def test_monte_carlo_estimator_matches_closed_form_and_is_vectorised():
 
     small = jax.make_jaxpr(sim)(e[:1], jax.random.key(0))
     large = jax.make_jaxpr(sim)(jnp.tile(e, (8, 1)), jax.random.key(0))
-    assert len(small.eqns) == len(large.eqns)  # no per-image unrolling
-    assert sim(e, jax.random.key(1)).shape == (b, c)
-
-
-@pytest.mark.parametrize("form", ["reference_linear", "stretched", "exact"])
-def test_density_matrix_equals_pointwise_nivmf_log_prob(form):
-    from probdml.distributions import nivmf_log_prob
-
-    rng = np.random.default_rng(1)
-    x = similarity.l2_normalize(jnp.asarray(rng.normal(size=(2, 3, 8))))
-    v = jnp.asarray(rng.normal(size=(4, 8)))
-    kappas = jnp.asarray(rng.uniform(0.5, 5, (4, 8)))
-    got = similarity.nivmf_log_density_matrix(x, v, kappas, form=form)
-    want = nivmf_log_prob(x[..., None, :], similarity.l2_normalize(v), kappas, form=form)
-    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-4)
-
-
-def test_ppk_and_kl_match_spec_values():
-    """specs/nivmf.md App. B 2-3: p = 5, kappa = 3, kappa_c = 4, cos = 0.6."""
-    p = 5
-    x = jnp.array([[3.0, 0, 0, 0, 0]])
-    y = jnp.array([[4 * 0.6, 4 * 0.8, 0, 0, 0]])
-    assert float(similarity.ppk_vmf(x, y, rho=1.0)[0, 0]) == pytest.approx(-2.5887, abs=1e-4)
-    assert float(similarity.ppk_vmf(x, y, rho=0.5)[0, 0]) == pytest.approx(-0.2003, abs=1e-4)
-    assert float(similarity.neg_kl_vmf(x, y)[0, 0]) == pytest.approx(-0.8314, abs=1e-4)
-    ref = log_c(3.0, p) - log_c(4.0, p) + 3.0 - 4 * 0.6
-    assert float(similarity.neg_kl_vmf(x, y, reference_sign=True)[0, 0]) == pytest.approx(ref, abs=1e-4)
-    assert float(similarity.loglik_vmf(x, y)[0, 0]) == pytest.approx(log_c(4.0, p) + 4 * 0.6, abs=1e-4)
+    assert len(small.eqns) == len(large.eqns)  # one program for any batch: no per-image unrolling
+    assert sim(e, jax.random.key(1)).shape == (3, c)
 
 
 def test_nivmf_kl_and_bhattacharyya_closed_forms_match_monte_carlo():
+    """reference_linear closed forms vs probdml's sampler-based Monte Carlo (4e4 draws)."""
     p = 8
     rng = np.random.default_rng(2)
     e = jnp.asarray(rng.normal(size=(2, p)) * 2, jnp.float32)
-    v = jnp.asarray(rng.normal(size=(3, p)), jnp.float32)
+    mu_a, kappa_a = similarity.l2_normalize(e), jnp.linalg.norm(e, axis=-1)
+    mu_b = similarity.l2_normalize(jnp.asarray(rng.normal(size=(3, p)), jnp.float32))
     kappas = jnp.asarray(rng.uniform(1, 4, (3, p)), jnp.float32)
 
     @jax.jit
     def estimates():
-        samples = similarity.vmf_samples(jax.random.key(3), e, 40000)
-        return (similarity.nivmf_neg_kl_monte_carlo(samples, e, v, kappas, form="reference_linear"),
-                similarity.nivmf_neg_kl_closed_form(e, v, kappas),
-                similarity.nivmf_ppk_monte_carlo(samples, e, v, kappas, rho=0.5, form="reference_linear"),
-                similarity.nivmf_ppk_closed_form(e, v, kappas, rho=0.5))
+        x = similarity.vmf_samples(jax.random.key(3), mu_a, kappa_a, 40000)
+        return (similarity.nivmf_neg_kl_monte_carlo(x, mu_a, kappa_a, mu_b, kappas, form="reference_linear"),
+                similarity.nivmf_neg_kl(mu_a, kappa_a, mu_b, kappas),
+                similarity.nivmf_ppk_monte_carlo(x, mu_a, kappa_a, mu_b, kappas, rho=0.5, form="reference_linear"),
+                similarity.nivmf_ppk(mu_a, kappa_a, mu_b, kappas, rho=0.5),
+                similarity.nivmf_ppk_monte_carlo(x, mu_a, kappa_a, mu_b, kappas, rho=1.0, form="reference_linear"),
+                similarity.el_nivmf(mu_a, kappa_a, mu_b, kappas))
 
-    kl_mc, kl, b_mc, b = estimates()
+    kl_mc, kl, b_mc, b, el_mc, el = estimates()
     np.testing.assert_allclose(kl_mc, kl, atol=0.03)
     np.testing.assert_allclose(b_mc, b, atol=0.03)
-
-
-def test_isotropic_nivmf_reduces_to_vmf_kernels():
-    """With K_c = k_c I the exact nivMF is vMF(mu_c, k_c): EL-nivMF (exact form) = EL-vMF."""
-    rng = np.random.default_rng(3)
-    e = jnp.asarray(rng.normal(size=(2, 6)) * 2, jnp.float32)
-    v = jnp.asarray(rng.normal(size=(3, 6)), jnp.float32)
-    k = jnp.asarray([1.0, 2.0, 3.0])
-    kappas = jnp.broadcast_to(k[:, None], (3, 6))
-    elk = similarity.ppk_vmf(e, k[:, None] * similarity.l2_normalize(v))
-    mc = jax.jit(lambda: similarity.nivmf_ppk_monte_carlo(
-        similarity.vmf_samples(jax.random.key(0), e, 40000), e, v, kappas, form="exact"))()
-    np.testing.assert_allclose(mc, elk, atol=0.03)
+    np.testing.assert_allclose(el_mc, el, atol=0.03)
+    # Independent check of the KL closed form: H(vMF) + a_c + A_p(k) mu.w_c with scipy's Bessel functions.
+    w = np.asarray(kappas) * np.asarray(mu_b)
+    wn = np.linalg.norm(w, axis=1)
+    a = log_c(wn, p) + np.sum(np.log(np.asarray(kappas)), axis=1) - np.log(wn)
+    k = np.asarray(kappa_a, np.float64)
+    entropy = -log_c(k, p) - k * a_p(k, p)
+    want = entropy[:, None] + a[None, :] + (a_p(k, p)[:, None] * np.asarray(mu_a)) @ w.T
+    np.testing.assert_allclose(kl, want, rtol=1e-4, atol=1e-3)
 
 
 def test_gradients_finite_at_extreme_concentrations_and_temperatures():
     e = jnp.array([[1e-3, 0, 0, 0], [3e3, 1.0, 0, 0], [0, 50.0, 0, 0]])
     v = jnp.array([[1.0, 0, 0, 0], [0, 1.0, 0, 0]])
     kappas = jnp.array([[0.1, 0.1, 0.1, 0.1], [1e3, 2.0, 50.0, 0.5]])
-    for opts in ({"temperature_inside": True}, {"compat": True}, {"nivmf_form": "exact", "num_samples": 3}):
+    for opts in ({"temperature_placement": "inside"}, {"compat": True},
+                 {"form": "exact", "estimator": "monte_carlo", "num_samples": 3}):
         fn = similarity.get_similarity("el_nivmf", **opts)
 
         def total(e_, v_, k_, t):
@@ -243,39 +209,53 @@ def test_objective_parameters_warm_start_and_switches():
     # ProxyNCA++ over the closed-form EL-nivMF, recomputed by hand.
     loss, aux = obj.apply(params, out, labels, jax.random.key(0))
     kap = 0.1 + jax.nn.softplus(params["proxy_kappa"])
-    s = similarity.el_nivmf_closed_form(out["embedding"], params["proxies"], kap) / 0.5
+    e = out["embedding"]
+    s = similarity.el_nivmf(similarity.l2_normalize(e), jnp.linalg.norm(e, axis=-1),
+                            similarity.l2_normalize(params["proxies"]), kap) / 0.5
     want = jnp.mean(jax.nn.logsumexp(s, axis=1) - s[jnp.arange(2), labels])
     assert float(loss) == pytest.approx(float(want), rel=1e-5)
     assert float(aux["temperature"]) == pytest.approx(0.5)
 
 
 def test_temperature_inside_is_not_divided_again():
-    cfg = _cfg(similarity_options={"temperature_inside": True}, learn_temperature=False)
+    cfg = _cfg(similarity_options={"temperature_placement": "inside"}, learn_temperature=False)
     obj = objective.build_objective(cfg, 3, 4)
     params = obj.init(jax.random.key(0))
     out = {"embedding": jnp.array([[1.0, 2.0, 0.0, 0.5], [0.0, -1.0, 3.0, 0.0]])}
     labels = jnp.array([0, 2])
     loss, _ = obj.apply(params, out, labels, jax.random.key(0))
     kap = 0.1 + jax.nn.softplus(params["proxy_kappa"])
-    s = similarity.el_nivmf_closed_form(out["embedding"], params["proxies"], kap, temperature=0.5)
+    e = out["embedding"]
+    s = similarity.el_nivmf(similarity.l2_normalize(e), jnp.linalg.norm(e, axis=-1),
+                            similarity.l2_normalize(params["proxies"]), kap, temperature=0.5,
+                            temperature_placement="inside")
     want = jnp.mean(jax.nn.logsumexp(s, axis=1) - s[jnp.arange(2), labels])
     assert float(loss) == pytest.approx(float(want), rel=1e-5)
 
 
-def test_bad_options_raise():
+def test_compat_preset_and_bad_options():
     from probdml.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="nivmf_form"):
-        similarity.get_similarity("el_nivmf", nivmf_form="ellipse")
-    with pytest.raises(ConfigError, match="no closed form"):
-        similarity.get_similarity("el_nivmf", nivmf_form="exact", estimator="closed_form")
-    with pytest.raises(ConfigError, match="normalizer"):
-        similarity.get_similarity("elk", normalizer="taylor")
-    fn = similarity.get_similarity("el_nivmf", estimator="monte_carlo")
+    assert similarity.TEMPERATURE_INSIDE["el_nivmf"]({"compat": True})
+    e = jnp.array([[30.0, 5.0, 0.0, 0.0]])
+    proxy = {"embedding": jnp.array([[1.0, 0.0, 0.0, 0.0]]), "kappas": jnp.full((1, 4), 5.0)}
+    compat = similarity.get_similarity("el_nivmf", compat=True)({"embedding": e}, proxy, key=jax.random.key(0),
+                                                                temperature=0.5).similarity
+    # the official estimator: 5 samples, quadratic log C_p fit (p != 128 -> the 512 fit) on a_c, T inside
+    x = similarity.vmf_samples(jax.random.key(0), similarity.l2_normalize(e), jnp.linalg.norm(e, axis=-1), 5,
+                               "proposal")
+    w = 5.0 * np.array([1.0, 0, 0, 0])
+    a = 868 - 0.0002662 * 5.0 - 0.0009685 * 25.0 + 4 * math.log(5.0) - math.log(5.0)
+    want = scipy.special.logsumexp((a + np.asarray(x)[:, 0] @ w) / 0.5) - math.log(5)
+    assert float(compat[0, 0]) == pytest.approx(want, rel=1e-5)
+
+    with pytest.raises(ConfigError, match="form"):
+        similarity.get_similarity("kl_nivmf", form="ellipse")
+    with pytest.raises(ConfigError, match="closed form"):
+        similarity.get_similarity("bhattacharyya_nivmf", form="exact")
+    fn = similarity.get_similarity("kl_nivmf", form="exact", estimator="monte_carlo")
     with pytest.raises(ValueError, match="PRNG key"):
-        fn({"embedding": jnp.ones((1, 4))}, {"embedding": jnp.ones((1, 4)), "kappas": jnp.ones((1, 4))})
-    with pytest.raises(ValueError, match="kappas"):
-        similarity.get_similarity("el_nivmf")({"embedding": jnp.ones((1, 4))}, {"embedding": jnp.ones((1, 4))})
+        fn({"embedding": jnp.ones((1, 4))}, proxy)
 
 
 @pytest.mark.parametrize("dim", [16, 128])
