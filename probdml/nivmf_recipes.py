@@ -144,8 +144,6 @@ def nivmf_retrieval_config(dataset: str, run: str = "r512", *, reference_gating:
     loss = ml_collections.ConfigDict()
     loss.name = "proxy_nca_pp"
     loss.learn_temperature = True
-    loss.kappa_param = "softplus"
-    loss.kappa_min = 0.1
     loss.warm_start = True
     loss.guidance_alpha = 32.0
     loss.guidance_margin = 0.1
@@ -159,7 +157,10 @@ def nivmf_retrieval_config(dataset: str, run: str = "r512", *, reference_gating:
         loss.similarity_options = {}
         loss.temperature = temperature
         loss.guidance_weight = 0.0
-        loss.proxy_concentration = concentration
+        if similarity != "cosine":  # the cosine ignores proxy norms and concentrations
+            loss.proxy_concentration = concentration
+            loss.kappa_param = "softplus"
+            loss.kappa_min = 0.1
         loss.warm_start = not gated_off
         proxy_lr, kappa_lr, temp_lr = 5000.0, 50000.0, 500.0
     else:
@@ -167,6 +168,8 @@ def nivmf_retrieval_config(dataset: str, run: str = "r512", *, reference_gating:
         r = OFFICIAL_RUNS[(dataset, dim)]
         config = _base(dataset, dim, 64, r["epochs"], r["milestones"], r["gamma"], r["init_norm"])
         loss.similarity = "el_nivmf"
+        loss.kappa_param = "softplus"
+        loss.kappa_min = 0.1
         loss.similarity_options = {"form": "reference_linear", "estimator": "closed_form",
                                    "temperature_placement": "inside", "normalizer": "exact"}
         if run.endswith("_compat"):

@@ -91,10 +91,11 @@ PROXY_LOSSES = ("proxy_anchor", "proxy_nca", "proxy_nca_pp", "normalized_softmax
 
 # Concentration options of the vMF proxies (used only by similarities that read 'kappa' / 'kappas').
 # Their directions are stored unnormalised (used through v/|v|) with initial norm proxy_concentration,
-# so the proxies' angular step size scales as 1/|v| as in the official weight_norm parameterisation;
-# `warm_start` sets v_c to proxy_concentration * normalize(mean training embedding of class c).
-PROXY_KAPPA_DEFAULTS = {"proxy_concentration": 10.0, "kappa_param": "softplus", "kappa_min": 0.1,
-                        "warm_start": False}
+# so the proxies' angular step size scales as 1/|v| as in the official weight_norm parameterisation.
+PROXY_KAPPA_DEFAULTS = {"proxy_concentration": 10.0, "kappa_param": "softplus", "kappa_min": 0.1}
+# Every proxy loss but SoftTriple: `warm_start` sets each proxy row to |row| * normalize(mean training
+# embedding of its class) before training (the EL-nivMF reference's warm start, specs/nivmf.md 3.4).
+PROXY_COMMON_DEFAULTS = {"warm_start": False}
 KAPPA_PARAMS = ("softplus", "clamp")
 GUIDANCE_POSITIVES = ("columns", "proxies")
 
@@ -160,7 +161,10 @@ def _proxy_objective(cfg: ml_collections.ConfigDict, num_classes: int, embed_dim
     sim_fn = _similarity(cfg)
     kappa_kind = similarity.PROXY_CONCENTRATION.get(sim_name)
     kappa_opts = _options(cfg, PROXY_KAPPA_DEFAULTS) if kappa_kind else {}
-    allowed = set(_COMMON_KEYS) | set(hp) | set(kappa_opts)
+    common = _options(cfg, PROXY_COMMON_DEFAULTS)
+    allowed = set(_COMMON_KEYS) | set(hp) | set(kappa_opts) | set(common)
+    if common["warm_start"] and name == "soft_triple":
+        raise ConfigError("warm_start is not defined for soft_triple (several centres per class)")
     _check_keys(cfg, allowed)
     if cfg.get("miner", "none") != "none":
         raise ConfigError(f"loss {name!r} takes no miner (miner='none'), got {cfg.miner!r}")
@@ -245,11 +249,12 @@ def _proxy_objective(cfg: ml_collections.ConfigDict, num_classes: int, embed_dim
         sums = jax.ops.segment_sum(embeddings, labels, num_segments=num_classes)
         counts = jax.ops.segment_sum(jnp.ones_like(labels, embeddings.dtype), labels, num_segments=num_classes)
         means = similarity.l2_normalize(sums / jnp.maximum(counts, 1.0)[:, None])
+        norms = jnp.linalg.norm(params["proxies"], axis=-1, keepdims=True)
         # Classes without training images keep their initial proxy.
-        proxies = jnp.where(counts[:, None] > 0, means * float(kappa_opts["proxy_concentration"]), params["proxies"])
+        proxies = jnp.where(counts[:, None] > 0, means * norms, params["proxies"])
         return {**params, "proxies": proxies.astype(params["proxies"].dtype)}
 
-    return Objective(init, apply, warm_start if kappa_kind and kappa_opts["warm_start"] else None)
+    return Objective(init, apply, warm_start if common["warm_start"] else None)
 
 
 # ----------------------------------------------------------------------------------------------------
