@@ -288,14 +288,14 @@ def test_official_run_configs(dataset):
     assert r128.model.init_norm_multiplier == official["init_norm"]
     assert r128.loss.proxy_concentration == official["concentration"]
     assert r128.loss.guidance_weight == official["guidance"]
-    assert r128.optim.lr_mults == {"proxies": official["proxy_lr"], "proxy_kappa": official["kappa_lr"],
+    assert dict(r128.optim.lr_mults) == {"proxies": official["proxy_lr"], "proxy_kappa": official["kappa_lr"],
                                    "temperature": 200.0}
     steps_per_epoch = nivmf_recipes.TRAIN_IMAGES[dataset] // 64
     assert r128.num_steps == official["epochs"] * steps_per_epoch
     assert r128.optim.boundaries == tuple(m * steps_per_epoch for m in official["milestones"])
     assert similarity.TEMPERATURE_INSIDE["el_nivmf"](dict(r128.loss.similarity_options))
     compat = nivmf_recipes.nivmf_retrieval_config(dataset, "r512_compat")
-    assert compat.loss.similarity_options == {"compat": True} and compat.loss.kappa_param == "clamp"
+    assert dict(compat.loss.similarity_options) == {"compat": True} and compat.loss.kappa_param == "clamp"
     with pytest.raises(ValueError, match="run"):
         nivmf_recipes.nivmf_retrieval_config(dataset, "r256")
 
