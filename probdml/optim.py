@@ -94,7 +94,8 @@ def validate(optim_cfg: ml_collections.ConfigDict) -> None:
 
 def make_optimizer(optim_cfg: ml_collections.ConfigDict, params: dict) -> optax.GradientTransformation:
     """`optim_cfg.name` per parameter group (see `param_groups`, `optim_cfg.model_groups`) with
-    learning rate lr * lr_mults[group] (a multiplier of 0 freezes the group for good), groups in
+    learning rate lr * lr_mults[group] (a multiplier of 0 freezes the group for good) and weight decay
+    weight_decay * weight_decay_mults[group] (default 1; e.g. 0 for proxies and temperature), groups in
     `frozen_until` ({group: step}) frozen for that many steps (warm-up: zero updates, optimizer
     state created at the first real step, learning-rate schedule on the global step), after optional element-wise
     gradient clipping to [-grad_clip_value, grad_clip_value]; with `skip_nonfinite_updates`, a step
@@ -104,7 +105,8 @@ def make_optimizer(optim_cfg: ml_collections.ConfigDict, params: dict) -> optax.
     groups = set(jax.tree.leaves(labels))
     mults = dict(optim_cfg.get("lr_mults", {}))
     frozen_until = dict(optim_cfg.get("frozen_until", {}))
-    for field, names in (("lr_mults", mults), ("frozen_until", frozen_until)):
+    wd_mults = dict(optim_cfg.get("weight_decay_mults", {}))
+    for field, names in (("lr_mults", mults), ("frozen_until", frozen_until), ("weight_decay_mults", wd_mults)):
         unknown = sorted(set(names) - groups)
         if unknown:
             raise ConfigError(
@@ -116,7 +118,7 @@ def make_optimizer(optim_cfg: ml_collections.ConfigDict, params: dict) -> optax.
         if mult == 0.0:
             transforms[group] = optax.set_to_zero()
         else:
-            direction = OPTIMIZERS[optim_cfg.name](float(optim_cfg.weight_decay))
+            direction = OPTIMIZERS[optim_cfg.name](float(optim_cfg.weight_decay) * float(wd_mults.get(group, 1.0)))
             if frozen_until.get(group, 0) > 0:
                 direction = delayed(direction, int(frozen_until[group]))
             # The schedule counts every step, frozen or not (torch's epoch-based LR schedulers).

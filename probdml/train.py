@@ -144,6 +144,18 @@ def create_setup(
     return Setup(model, obj, tx, parallel.replicate(mesh, state), train_step)
 
 
+def warm_start(setup: Setup, state: TrainState, apply_fn: Callable[[Array], dict],
+               config: ml_collections.ConfigDict, train_ds, mesh: jax.sharding.Mesh) -> TrainState:
+    """The objective's warm start (e.g. proxies from class-mean embeddings) on the training set embedded
+    with the evaluation transforms by the initial model; the result is replicated over `mesh`."""
+    outputs = evaluate.embed(apply_fn, config.data, train_ds, config.eval.batch_size, mesh)
+    loss_params = setup.objective.warm_start(
+        jax.device_get(state.params["loss"]), jnp.asarray(outputs["embedding"]), jnp.asarray(train_ds.contiguous_labels())
+    )
+    writers.log(f"warm start of the loss parameters from {len(train_ds)} training embeddings")
+    return parallel.replicate(mesh, state.replace(params={**state.params, "loss": loss_params}))
+
+
 def validate_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Fail early, with a one-line ConfigError, on names and paths that cannot work."""
     parent = os.path.dirname(os.path.abspath(workdir))
@@ -225,6 +237,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     def apply_eval(params, batch_stats, images):
         variables = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
         return model.apply(variables, images, train=False)
+
+    if restored is None and setup.objective.warm_start is not None:
+        state = warm_start(setup, state, lambda x: apply_eval(state.params["model"], state.batch_stats, x),
+                           config, train_ds, mesh)
 
     def run_eval(state: TrainState) -> dict[str, float]:
         outputs = evaluate.embed(

@@ -51,7 +51,25 @@ def triplet_semihard():
     return config, _batch(5), 5
 
 
-CONFIGS = {"proxy_anchor": proxy_anchor, "idml_mixup": idml_mixup, "triplet_semihard": triplet_semihard}
+def el_nivmf():
+    from configs import digits_nivmf
+
+    config = digits_nivmf.get_config()
+    config.model.widths = (8, 16)
+    config.model.hidden = 32
+    config.model.embed_dim = 16
+    config.data.batch_size = 32
+    config.loss.warm_start = False  # the check runs create_setup and one step, not train_and_evaluate
+    config.loss.guidance_weight = 1.0
+    return config, _batch(5), 5
+
+
+CONFIGS = {
+    "proxy_anchor": proxy_anchor,
+    "triplet_semihard": triplet_semihard,
+    "idml_mixup": idml_mixup,
+    "el_nivmf": el_nivmf,
+}
 
 
 def initial_params(config, batch, num_classes):

@@ -11,7 +11,9 @@ import jax.numpy as jnp
 
 class SmallConvNet(nn.Module):
     """Conv(3x3)-ReLU stages (2x2 average pooling between stages), global average pooling,
-    a hidden dense layer and a linear embedding head.
+    a hidden dense layer and a linear embedding head (kaiming-normal fan-out kernel times
+    `init_norm_multiplier`: with vMF losses the embedding norm is the concentration, so this sets its
+    initial scale).
 
     Input [B, H, W, C] float; output {'embedding': [B, embed_dim], 'features': [B, hidden]}.
     `embed_dim=0` builds no embedding head (a backbone for EmbeddingNet): output {'features'} only.
@@ -20,6 +22,7 @@ class SmallConvNet(nn.Module):
     embed_dim: int = 64
     widths: Sequence[int] = (32, 64, 128)
     hidden: int = 256
+    init_norm_multiplier: float = 1.0
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
@@ -34,7 +37,7 @@ class SmallConvNet(nn.Module):
             return {"features": features}
         embedding = nn.Dense(
             self.embed_dim,
-            kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+            kernel_init=nn.initializers.variance_scaling(2.0 * self.init_norm_multiplier**2, "fan_out", "normal"),
             name="embedding",
         )(features)
         return {"embedding": embedding, "features": features}
