@@ -75,6 +75,7 @@ def main() -> None:
     args = parser.parse_args()
 
     root = args.workdir or tempfile.mkdtemp(prefix="digits_methods_")
+    os.makedirs(root, exist_ok=True)
     results: dict[str, dict[int, dict[str, float]]] = {}
     for method in args.methods:
         for seed in args.seeds:
