@@ -87,6 +87,7 @@ def proxy_anchor(
     margin: float = 0.1,
     alpha: float = 32.0,
     sample_mask: jnp.ndarray | None = None,
+    positives_per: str = "proxies",
 ) -> jnp.ndarray:
     """Proxy-Anchor loss (Kim et al., CVPR 2020), pytorch-metric-learning semantics.
 
@@ -95,7 +96,12 @@ def proxy_anchor(
       + 1/C    sum_{c}       log(1 + sum_{i: y_i != c} exp( alpha (s_ic + margin)))
     where P+ is the set of proxies with at least one positive in the batch.
     `sample_mask` ([B] bool) excludes padded samples.
+    `positives_per="columns"`: the positive term is averaged over the batch's samples instead,
+    1/B sum_j log(1 + sum_{i: y_i = y_j} exp(-alpha (s_{i,y_j} - margin))), so a class with k samples
+    counts k times (the EL-nivMF reference's guidance term, specs/nivmf.md section 3.3).
     """
+    if positives_per not in ("proxies", "columns"):
+        raise ValueError(f"positives_per must be 'proxies' or 'columns', got {positives_per!r}")
     num_classes = sim.shape[1]
     pos = jax.nn.one_hot(labels, num_classes, dtype=bool)
     if sample_mask is not None:
@@ -106,8 +112,12 @@ def proxy_anchor(
     pos = jnp.logical_and(pos, valid)
     pos_term = masked_log1p_sum_exp(-alpha * (sim - margin), pos, axis=0)
     neg_term = masked_log1p_sum_exp(alpha * (sim + margin), neg, axis=0)
+    neg_mean = jnp.sum(neg_term) / num_classes
+    if positives_per == "columns":
+        counts = jnp.sum(pos, axis=0).astype(pos_term.dtype)
+        return jnp.sum(counts * pos_term) / jnp.maximum(jnp.sum(counts), 1.0) + neg_mean
     num_pos_proxies = jnp.sum(jnp.any(pos, axis=0))
-    return jnp.sum(pos_term) / jnp.maximum(num_pos_proxies, 1) + jnp.sum(neg_term) / num_classes
+    return jnp.sum(pos_term) / jnp.maximum(num_pos_proxies, 1) + neg_mean
 
 
 def proxy_nca(

@@ -21,8 +21,8 @@ wrong nearest neighbour, and recall@1 as a function of the fraction of rejected 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 import functools
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -181,12 +181,14 @@ def knn(
         raise ValueError(f"unknown kNN metric {metric!r}; valid: {', '.join(METRICS)} or a callable")
     if ref_includes_query is None:
         ref_includes_query = references is None
-    if references is None:
-        references = queries
+    queries = jax.tree.map(np.asarray, queries)
+    references = queries if references is None else jax.tree.map(np.asarray, references)
     n_q = _leading_dim(queries, "queries")
     n_ref = _leading_dim(references, "references")
     if ref_includes_query and n_ref < n_q:
-        raise ValueError(f"ref_includes_query needs the first {n_q} references to be the queries, got {n_ref} references")
+        raise ValueError(
+            f"ref_includes_query needs the first {n_q} references to be the queries, got {n_ref} references"
+        )
     n_avail = n_ref - int(ref_includes_query)
     if not 1 <= k <= n_avail:
         raise ValueError(f"k={k} must be between 1 and the number of references ({n_avail})")
@@ -211,7 +213,9 @@ def knn(
     steps = [_step_fn(metric, k, precision, ref_includes_query, mask, mesh) for mask in (False, True)]
     n_ref_arr = jax.device_put(np.int32(n_ref), repl)
     starts = [jax.device_put(np.int32(b * br), repl) for b in range(n_rb)]
-    dtype = jax.eval_shape(lambda x: _scores(metric, _prepare(metric, x), ref_blocks[0], precision), _pad_rows(queries, 0, bq)).dtype
+    dtype = jax.eval_shape(
+        lambda x: _scores(metric, _prepare(metric, x), ref_blocks[0], precision), _pad_rows(queries, 0, bq)
+    ).dtype
     out_s, out_i = [], []
     for qb in range(n_qb):
         start = qb * bq
@@ -225,6 +229,8 @@ def knn(
             run_s, run_i = step(q, q_ref_index, ref_blocks[rb], starts[rb], n_ref_arr, run_s, run_i)
         out_s.append(run_s)
         out_i.append(run_i)
+        if qb >= 1:  # at most two query blocks in flight: bounded memory, host and device overlap
+            out_s[qb - 1], out_i[qb - 1] = np.asarray(out_s[qb - 1]), np.asarray(out_i[qb - 1])
     scores = np.concatenate([np.asarray(s) for s in out_s])[:n_q]
     indices = np.concatenate([np.asarray(i) for i in out_i])[:n_q]
     return scores, indices.astype(np.int64)
@@ -297,7 +303,7 @@ def _aggregate(values, mask, labels, avg_of_avgs, return_per_class):
     classes, inverse = np.unique(labels, return_inverse=True)
     per_class = np.bincount(inverse, weights=values) / np.bincount(inverse)
     if return_per_class:
-        return {c.item(): float(v) for c, v in zip(classes, per_class)}
+        return {c.item(): float(v) for c, v in zip(classes, per_class, strict=True)}
     return float(np.mean(per_class))
 
 
@@ -319,7 +325,7 @@ def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
 
 
 def _required_depths(include, ks, counts, ref_includes_query, n_avail) -> dict[str, int]:
-    """Neighbours each requested metric needs (None: the caller's k)."""
+    """Neighbours each requested metric needs (map and mrr use whatever K is retrieved)."""
     r = counts - int(ref_includes_query)
     r_max = int(r.max(initial=0))
     need = {}
@@ -472,7 +478,10 @@ def retrieval_metrics(
     if ref_includes_query is None:
         ref_includes_query = reference_embeddings is None
     ref_labels = labels if reference_labels is None else _check_labels(reference_labels, "reference_labels")
-    if reference_embeddings is not None and _leading_dim(reference_embeddings, "reference_embeddings") != ref_labels.shape[0]:
+    if (
+        reference_embeddings is not None
+        and _leading_dim(reference_embeddings, "reference_embeddings") != ref_labels.shape[0]
+    ):
         raise ValueError("reference_embeddings and reference_labels must have the same number of samples")
     if ref_includes_query and not np.array_equal(ref_labels[: labels.shape[0]], labels):
         raise ValueError("ref_includes_query needs the first len(labels) reference labels to equal labels")
@@ -576,8 +585,8 @@ def kmeans(
     Inertia = sum_i ||x_i - c_{a_i}||^2. `init`: ``'random'`` (C distinct samples drawn
     uniformly, as faiss, which PML and RDML use) or ``'k-means++'``. Each of `n_init` runs
     (keys split from `seed`) does at most `max_iter` Lloyd updates, stopping early once the total
-    squared centroid shift is <= tol * mean per-feature variance (sklearn's rule; tol = 0 runs all
-    iterations, as faiss's niter); the run of least inertia is kept. An empty cluster keeps its
+    squared centroid shift is <= tol * mean per-feature variance (sklearn's rule; tol = 0 stops
+    only at a fixed point, where further updates change nothing); the run of least inertia is kept. An empty cluster keeps its
     previous centroid. Assignments are to the final centroids; ties go to the lower cluster index.
     Memory: O(block_size * C) per step.
     """
@@ -604,7 +613,7 @@ def kmeans(
         for _ in range(max_iter):
             _, _, sums, cnt = _assign(xp, centroids, n_valid, block)
             new = jnp.where(cnt[:, None] > 0, sums / jnp.maximum(cnt, 1)[:, None], centroids)
-            converged = tol > 0 and float(jnp.sum((new - centroids) ** 2)) <= threshold
+            converged = float(jnp.sum((new - centroids) ** 2)) <= threshold
             centroids = new
             if converged:
                 break
@@ -742,7 +751,7 @@ def rejection_curve(
 def uncertainty_metrics(
     embeddings: Any,
     labels: np.ndarray,
-    uncertainty: np.ndarray,
+    uncertainty: np.ndarray | None = None,
     *,
     metric: str | SimilarityFn = "cosine",
     fractions: Sequence[float] = tuple(np.linspace(0.0, 0.9, 10)),
@@ -751,15 +760,17 @@ def uncertainty_metrics(
 ) -> dict[str, Any]:
     """Uncertainty evaluation of leave-one-out 1-NN retrieval.
 
-    correct_i = 1[the nearest other sample has label_i]. Returns ``auroc`` (`uncertainty_auroc`
-    of the per-sample score, higher = less certain), ``rejection_fractions`` and
-    ``rejection_recall@1`` (`rejection_curve`).
+    correct_i = 1[the nearest other sample has label_i]. `uncertainty`: one score per sample,
+    higher = less certain (e.g. `norm_uncertainty` for vMF embeddings, `squared_norm_uncertainty`
+    of IDML's u); None uses minus the score of the nearest neighbour (PDML's ``unc_cos``
+    baseline for ``metric='cosine'``). Returns ``auroc`` (`uncertainty_auroc`),
+    ``rejection_fractions`` and ``rejection_recall@1`` (`rejection_curve`).
     """
     labels = _check_labels(labels, "labels")
-    uncertainty = np.asarray(uncertainty)
+    scores, idx = knn(embeddings, None, 1, metric=metric, block_size=block_size, mesh=mesh)
+    uncertainty = -scores[:, 0].astype(np.float64) if uncertainty is None else np.asarray(uncertainty)
     if uncertainty.shape != labels.shape:
         raise ValueError(f"uncertainty must have one score per sample, got {uncertainty.shape} for {labels.shape}")
-    _, idx = knn(embeddings, None, 1, metric=metric, block_size=block_size, mesh=mesh)
     correct = labels[idx[:, 0]] == labels
     fr, acc = rejection_curve(uncertainty, correct, fractions)
     return {"auroc": uncertainty_auroc(uncertainty, correct), "rejection_fractions": fr, "rejection_recall@1": acc}

@@ -40,6 +40,8 @@ Array = jax.Array
 class Objective(NamedTuple):
     init: Callable[[Array], dict]
     apply: Callable[[dict, dict, Array, Array], tuple[Array, dict]]
+    # Optional: (params, train embeddings [N, D], labels [N]) -> params, run once before training.
+    warm_start: Callable[[dict, Array, Array], dict] | None = None
 
 
 def kaiming_normal_fan_out(key: Array, num_classes: int, dim: int) -> Array:
@@ -70,6 +72,9 @@ LOSS_DEFAULTS: dict[str, dict] = {
         "learn_temperature": False,
         "subsample": 1.0,
         "guidance_weight": 0.0,
+        "guidance_alpha": 32.0,
+        "guidance_margin": 0.1,
+        "guidance_positives": "columns",
     },
     "normalized_softmax": {"temperature": 0.05},
     "arcface": {"margin": 28.6, "scale": 64.0},
@@ -85,8 +90,14 @@ LOSS_DEFAULTS: dict[str, dict] = {
 PROXY_LOSSES = ("proxy_anchor", "proxy_nca", "proxy_nca_pp", "normalized_softmax", "arcface", "soft_triple")
 
 # Concentration options of the vMF proxies (used only by similarities that read 'kappa' / 'kappas').
+# Their directions are stored unnormalised (used through v/|v|) with initial norm proxy_concentration,
+# so the proxies' angular step size scales as 1/|v| as in the official weight_norm parameterisation.
 PROXY_KAPPA_DEFAULTS = {"proxy_concentration": 10.0, "kappa_param": "softplus", "kappa_min": 0.1}
+# Every proxy loss but SoftTriple: `warm_start` sets each proxy row to |row| * normalize(mean training
+# embedding of its class) before training (the EL-nivMF reference's warm start, specs/nivmf.md 3.4).
+PROXY_COMMON_DEFAULTS = {"warm_start": False}
 KAPPA_PARAMS = ("softplus", "clamp")
+GUIDANCE_POSITIVES = ("columns", "proxies")
 
 MINERS = ("semihard", "hard", "all", "batch_hard", "distance_weighted", "multi_similarity")
 MINER_DEFAULTS: dict[str, dict] = {
@@ -150,7 +161,10 @@ def _proxy_objective(cfg: ml_collections.ConfigDict, num_classes: int, embed_dim
     sim_fn = _similarity(cfg)
     kappa_kind = similarity.PROXY_CONCENTRATION.get(sim_name)
     kappa_opts = _options(cfg, PROXY_KAPPA_DEFAULTS) if kappa_kind else {}
-    allowed = set(_COMMON_KEYS) | set(hp) | set(kappa_opts)
+    common = _options(cfg, PROXY_COMMON_DEFAULTS)
+    allowed = set(_COMMON_KEYS) | set(hp) | set(kappa_opts) | set(common)
+    if common["warm_start"] and name == "soft_triple":
+        raise ConfigError("warm_start is not defined for soft_triple (several centres per class)")
     _check_keys(cfg, allowed)
     if cfg.get("miner", "none") != "none":
         raise ConfigError(f"loss {name!r} takes no miner (miner='none'), got {cfg.miner!r}")
@@ -162,6 +176,8 @@ def _proxy_objective(cfg: ml_collections.ConfigDict, num_classes: int, embed_dim
             f"{', '.join(sorted(similarity.BOUNDED_SIMILARITIES))}"
         )
     k_per_class = int(hp["centers_per_class"]) if name == "soft_triple" else 1
+    if name == "proxy_nca_pp" and hp["guidance_positives"] not in GUIDANCE_POSITIVES:
+        raise unknown_choice("guidance_positives", hp["guidance_positives"], GUIDANCE_POSITIVES)
     if name == "proxy_nca_pp" and not 0 < hp["subsample"] <= 1:
         raise ConfigError(f"proxy_nca_pp: subsample must be in (0, 1], got {hp['subsample']}")
     temperature_inside = similarity.TEMPERATURE_INSIDE.get(sim_name, lambda o: False)(
@@ -170,7 +186,10 @@ def _proxy_objective(cfg: ml_collections.ConfigDict, num_classes: int, embed_dim
 
     def init(key: Array) -> dict:
         k_proxy, _ = jax.random.split(key)
-        if name == "proxy_anchor":
+        if kappa_kind:
+            directions = similarity.l2_normalize(standard_normal(k_proxy, num_classes, embed_dim))
+            proxies = directions * float(kappa_opts["proxy_concentration"])
+        elif name == "proxy_anchor":
             proxies = kaiming_normal_fan_out(k_proxy, num_classes, embed_dim)
         elif name == "soft_triple":
             proxies = kaiming_uniform_sqrt5(k_proxy, num_classes * k_per_class, embed_dim)
@@ -202,9 +221,15 @@ def _proxy_objective(cfg: ml_collections.ConfigDict, num_classes: int, embed_dim
                 class_mask = losses.proxy_subsample_mask(k_sub, labels, num_classes, hp["subsample"])
             loss = losses.proxy_nca_pp(sim, labels, temperature=1.0 if temperature_inside else t,
                                        class_mask=class_mask)
+            if kappa_kind:
+                aux["embedding_norm"] = jnp.mean(jnp.linalg.norm(outputs["embedding"], axis=-1))
+                aux["proxy_kappa"] = jnp.mean(kappa)
             if hp["guidance_weight"]:
                 guide = similarity.cosine(outputs["embedding"], params["proxies"])
-                loss = loss + hp["guidance_weight"] * losses.proxy_anchor(guide, labels)
+                guidance = losses.proxy_anchor(guide, labels, margin=hp["guidance_margin"], alpha=hp["guidance_alpha"],
+                                               positives_per=hp["guidance_positives"])
+                aux["loss_guidance"] = guidance
+                loss = loss + hp["guidance_weight"] * guidance
             return loss, aux
         sim = sim_fn(outputs, proxy_bundle, key=k_sim).similarity
         if name == "proxy_anchor":
@@ -220,7 +245,16 @@ def _proxy_objective(cfg: ml_collections.ConfigDict, num_classes: int, embed_dim
                                       gamma=hp["gamma"], margin=hp["margin"])
         return loss, aux
 
-    return Objective(init, apply)
+    def warm_start(params: dict, embeddings: Array, labels: Array) -> dict:
+        sums = jax.ops.segment_sum(embeddings, labels, num_segments=num_classes)
+        counts = jax.ops.segment_sum(jnp.ones_like(labels, embeddings.dtype), labels, num_segments=num_classes)
+        means = similarity.l2_normalize(sums / jnp.maximum(counts, 1.0)[:, None])
+        norms = jnp.linalg.norm(params["proxies"], axis=-1, keepdims=True)
+        # Classes without training images keep their initial proxy.
+        proxies = jnp.where(counts[:, None] > 0, means * norms, params["proxies"])
+        return {**params, "proxies": proxies.astype(params["proxies"].dtype)}
+
+    return Objective(init, apply, warm_start if common["warm_start"] else None)
 
 
 # ----------------------------------------------------------------------------------------------------

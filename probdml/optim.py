@@ -13,11 +13,13 @@ import optax
 
 from probdml.errors import ConfigError, unknown_choice
 
-OPTIMIZERS: dict[str, Callable[[optax.ScalarOrSchedule, float], optax.GradientTransformation]] = {
-    "adamw": lambda lr, wd: optax.adamw(lr, weight_decay=wd),
+# Each optimizer's update direction for a weight decay wd, before the learning-rate scaling
+# (-lr(step) * direction): optax.adamw / adam / sgd without their final scale_by_learning_rate.
+OPTIMIZERS: dict[str, Callable[[float], optax.GradientTransformation]] = {
+    "adamw": lambda wd: optax.chain(optax.scale_by_adam(), optax.add_decayed_weights(wd)),
     # torch.optim.Adam / SGD semantics: L2 penalty coupled into the gradient before the update.
-    "adam": lambda lr, wd: optax.chain(optax.add_decayed_weights(wd), optax.adam(lr)),
-    "sgd": lambda lr, wd: optax.chain(optax.add_decayed_weights(wd), optax.sgd(lr, momentum=0.9)),
+    "adam": lambda wd: optax.chain(optax.add_decayed_weights(wd), optax.scale_by_adam()),
+    "sgd": lambda wd: optax.chain(optax.add_decayed_weights(wd), optax.trace(decay=0.9)),
 }
 SCHEDULES = ("constant", "step", "cosine")
 
@@ -92,8 +94,10 @@ def validate(optim_cfg: ml_collections.ConfigDict) -> None:
 
 def make_optimizer(optim_cfg: ml_collections.ConfigDict, params: dict) -> optax.GradientTransformation:
     """`optim_cfg.name` per parameter group (see `param_groups`, `optim_cfg.model_groups`) with
-    learning rate lr * lr_mults[group] (a multiplier of 0 freezes the group for good), groups in
-    `frozen_until` ({group: step}) frozen for that many steps (warm-up), after optional element-wise
+    learning rate lr * lr_mults[group] (a multiplier of 0 freezes the group for good) and weight decay
+    weight_decay * weight_decay_mults[group] (default 1; e.g. 0 for proxies and temperature), groups in
+    `frozen_until` ({group: step}) frozen for that many steps (warm-up: zero updates, optimizer
+    state created at the first real step, learning-rate schedule on the global step), after optional element-wise
     gradient clipping to [-grad_clip_value, grad_clip_value]; with `skip_nonfinite_updates`, a step
     whose gradients are not finite leaves the parameters unchanged (optax.apply_if_finite)."""
     validate(optim_cfg)
@@ -101,7 +105,8 @@ def make_optimizer(optim_cfg: ml_collections.ConfigDict, params: dict) -> optax.
     groups = set(jax.tree.leaves(labels))
     mults = dict(optim_cfg.get("lr_mults", {}))
     frozen_until = dict(optim_cfg.get("frozen_until", {}))
-    for field, names in (("lr_mults", mults), ("frozen_until", frozen_until)):
+    wd_mults = dict(optim_cfg.get("weight_decay_mults", {}))
+    for field, names in (("lr_mults", mults), ("frozen_until", frozen_until), ("weight_decay_mults", wd_mults)):
         unknown = sorted(set(names) - groups)
         if unknown:
             raise ConfigError(
@@ -113,10 +118,12 @@ def make_optimizer(optim_cfg: ml_collections.ConfigDict, params: dict) -> optax.
         if mult == 0.0:
             transforms[group] = optax.set_to_zero()
         else:
-            lr = learning_rate_schedule(optim_cfg, optim_cfg.learning_rate * mult)
-            transforms[group] = OPTIMIZERS[optim_cfg.name](lr, optim_cfg.weight_decay)
+            direction = OPTIMIZERS[optim_cfg.name](float(optim_cfg.weight_decay) * float(wd_mults.get(group, 1.0)))
             if frozen_until.get(group, 0) > 0:
-                transforms[group] = delayed(transforms[group], int(frozen_until[group]))
+                direction = delayed(direction, int(frozen_until[group]))
+            # The schedule counts every step, frozen or not (torch's epoch-based LR schedulers).
+            lr = learning_rate_schedule(optim_cfg, optim_cfg.learning_rate * mult)
+            transforms[group] = optax.chain(direction, optax.scale_by_learning_rate(lr))
     tx = optax.multi_transform(transforms, labels)
     if optim_cfg.get("grad_clip_value"):
         tx = optax.chain(optax.clip(float(optim_cfg.grad_clip_value)), tx)

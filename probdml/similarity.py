@@ -161,6 +161,52 @@ def introspective_beta(
     return jnp.maximum(uu + vv + cross if beta_form == "sumvec" else uu + vv - cross, 0.0)
 
 
+class ISMTerms(NamedTuple):
+    """The pieces of the introspective metric for N x M pairs (each [N, M] or broadcastable to it)."""
+
+    cos_distance: Array  # c = 1 - cos(x_i, y_j), clamped at 0
+    alpha: Array  # semantic distance alpha (the prefactor of D_IN)
+    alpha_exponent: Array  # alpha' in the exponent (alpha itself except in compat_raw_proxy)
+    beta: Array  # uncertainty beta, including beta_offset
+
+
+def introspective_terms(
+    x: jnp.ndarray,
+    y: jnp.ndarray,
+    u: jnp.ndarray | None = None,
+    v: jnp.ndarray | None = None,
+    *,
+    alpha_mode: str = "cos",
+    beta_form: str = "sumvec",
+    beta_offset: float = 0.0,
+    uncertainty_l2norm: bool = False,
+) -> ISMTerms:
+    """(c, alpha, alpha', beta) of the introspective metric; see `introspective` for the table."""
+    if alpha_mode not in ALPHA_MODES:
+        raise ValueError(f"alpha_mode must be one of {ALPHA_MODES}, got {alpha_mode!r}")
+    if uncertainty_l2norm:
+        u = None if u is None else u / jnp.sqrt(jnp.sum(u * u, -1, keepdims=True) + _EPS)
+        v = None if v is None else v / jnp.sqrt(jnp.sum(v * v, -1, keepdims=True) + _EPS)
+    c = jnp.maximum(1.0 - cosine(x, y), 0.0)
+    if u is None and v is None:
+        beta = jnp.zeros((), dtype=c.dtype)
+    elif u is None:
+        beta = introspective_beta(v, None, beta_form=beta_form).T
+    else:
+        beta = introspective_beta(u, v, beta_form=beta_form)
+    beta = beta + beta_offset
+    if alpha_mode == "cos":
+        alpha = exponent = c
+    elif alpha_mode == "sqeuclid_norm":
+        alpha = exponent = 2.0 * c
+    elif alpha_mode == "euclid_norm":
+        alpha = exponent = safe_sqrt(2.0 * c)
+    else:
+        alpha = c
+        exponent = sq_euclidean(l2_normalize(x), y)
+    return ISMTerms(c, alpha, exponent, beta)
+
+
 def introspective(
     x: jnp.ndarray,
     y: jnp.ndarray,
@@ -194,33 +240,14 @@ def introspective(
     `uncertainty_l2norm` applies the official code's u / sqrt(|u|^2 + 1e-12) to u and v (D1).
     Returns Pairwise(similarity=s_IN, distance=D_IN).
     """
-    if alpha_mode not in ALPHA_MODES:
-        raise ValueError(f"alpha_mode must be one of {ALPHA_MODES}, got {alpha_mode!r}")
-    if uncertainty_l2norm:
-        u = None if u is None else u / jnp.sqrt(jnp.sum(u * u, -1, keepdims=True) + _EPS)
-        v = None if v is None else v / jnp.sqrt(jnp.sum(v * v, -1, keepdims=True) + _EPS)
-    cos = cosine(x, y)
-    c = jnp.maximum(1.0 - cos, 0.0)
-    if u is None and v is None:
-        beta = jnp.zeros((), dtype=cos.dtype)
-    elif u is None:
-        beta = introspective_beta(v, None, beta_form=beta_form).T
-    else:
-        beta = introspective_beta(u, v, beta_form=beta_form)
-    beta = beta + beta_offset
-    if alpha_mode == "cos":
-        alpha = exponent = c
-    elif alpha_mode == "sqeuclid_norm":
-        alpha = exponent = 2.0 * c
-    elif alpha_mode == "euclid_norm":
-        alpha = exponent = safe_sqrt(2.0 * c)
-    else:
-        alpha = c
-        exponent = sq_euclidean(l2_normalize(x), y)
-    decay = ism_decay(beta, exponent, tau=tau, ism_form=ism_form, alpha_eps=alpha_eps)
+    t = introspective_terms(
+        x, y, u, v, alpha_mode=alpha_mode, beta_form=beta_form, beta_offset=beta_offset,
+        uncertainty_l2norm=uncertainty_l2norm,
+    )
+    decay = ism_decay(t.beta, t.alpha_exponent, tau=tau, ism_form=ism_form, alpha_eps=alpha_eps)
     # s_IN = 1 - f^{-1}(D_IN) written without the round trip through f (no sqrt, no cancellation).
     shrink = decay * decay if alpha_mode == "euclid_norm" else decay
-    return Pairwise(1.0 - c * shrink, alpha * decay)
+    return Pairwise(1.0 - t.cos_distance * shrink, t.alpha * decay)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -331,6 +358,7 @@ def el_nivmf(
     temperature_placement: str = "outside",
     normalizer: str = "exact",
     key: Array | None = None,
+    kappa_gradient: str = "implicit",
 ) -> Array:
     """Expected likelihood of nivMF proxies under image vMFs, log E_{x ~ vMF(mu_a_i, ka_i)}[nivMF_j(x)^(1/T')]
     [N, M], with T' = T for `temperature_placement='inside'` (the reference code's logit, which estimates
@@ -341,6 +369,7 @@ def el_nivmf(
         log E[exp(l_j(x) / T')] = a_j / T' + log C_p(ka) - log C_p(|ka mu_a + w_j / T'|).
     monte_carlo: log (1/n) sum_s exp(l_j(x_s) / T') over n reparameterised samples x_s ~ vMF(mu_a, ka)
     (probdml.distributions.vmf_sample, shared by all proxies); Jensen-biased low for small n.
+    `kappa_gradient`: the sampler's concentration gradient ('implicit', exact; 'proposal', the official).
     """
     if estimator not in EL_ESTIMATORS:
         raise ValueError(f"estimator must be one of {EL_ESTIMATORS}, got {estimator!r}")
@@ -362,7 +391,7 @@ def el_nivmf(
         return (const - jnp.log(w_norm))[None, :] / t + log_c(kappa_a, p)[:, None] - log_c(resultant, p)
     if key is None:
         raise ValueError("el_nivmf with estimator='monte_carlo' needs a PRNG key")
-    x = distributions.vmf_sample(key, mu_a, kappa_a, (num_samples,))  # [n, N, D]
+    x = distributions.vmf_sample(key, mu_a, kappa_a, (num_samples,), kappa_gradient=kappa_gradient)  # [n, N, D]
     log_lik = nivmf_pairwise_log_prob(x, mu_b, kappas_b, form=form, normalizer=normalizer) / t
     return jax.nn.logsumexp(log_lik, axis=0) - math.log(num_samples)
 
@@ -547,7 +576,16 @@ def _el_nivmf_factory(
     num_samples: int = 20,
     temperature_placement: str = "outside",
     normalizer: str = "exact",
+    kappa_gradient: str = "implicit",
+    compat: bool = False,
 ) -> Callable[..., Pairwise]:
+    """EL-nivMF (D6); `compat=True` applies EL_NIVMF_COMPAT_PRESET (the official computation)."""
+    if compat:
+        preset = EL_NIVMF_COMPAT_PRESET
+        form, estimator, num_samples = preset["form"], preset["estimator"], preset["num_samples"]
+        temperature_placement, normalizer = preset["temperature_placement"], preset["normalizer"]
+        kappa_gradient = preset["kappa_gradient"]
+    _check_choice("kappa_gradient", kappa_gradient, KAPPA_GRADIENTS)
     _check_choice("nivmf form", form, NIVMF_FORMS)
     _check_choice("el_nivmf estimator", estimator, EL_ESTIMATORS)
     _check_choice("temperature_placement", temperature_placement, TEMPERATURE_PLACEMENTS)
@@ -561,10 +599,157 @@ def _el_nivmf_factory(
     def pairwise(a: Bundle, b: Bundle, *, key: Array | None = None, temperature=None) -> Pairwise:
         sim = el_nivmf(*vmf_parameters(a), *_nivmf_parameters(b), form=form, estimator=estimator,
                        num_samples=int(num_samples), temperature=1.0 if temperature is None else temperature,
-                       temperature_placement=temperature_placement, normalizer=normalizer, key=key)
+                       temperature_placement=temperature_placement, normalizer=normalizer, key=key,
+                       kappa_gradient=kappa_gradient)
         return Pairwise(sim, -sim)
 
     return pairwise
+
+
+# The official EL-nivMF computation (specs/nivmf.md sections 2 and 8: C1, C3, C4, C5).
+EL_NIVMF_COMPAT_PRESET = {
+    "form": "reference_linear",
+    "estimator": "monte_carlo",
+    "num_samples": 5,
+    "temperature_placement": "inside",
+    "normalizer": "reference_quadratic",
+    "kappa_gradient": "proposal",
+}
+KAPPA_GRADIENTS = ("implicit", "proposal")
+
+
+# ----------------------------------------------------------------------------------------------------
+# The rest of the Figure-5 grid with nivMF proxies: PPK of any order (Bhattacharyya), KL, L2 and cosine.
+# With the reference_linear form, nivMF_c(x) = exp(b_c) vMF(x; w_c/|w_c|, |w_c|), b_c = log det K_c - log|w_c|
+# (an isotropic vMF in disguise), so PPK and KL have closed forms; the other forms need Monte Carlo.
+
+
+def nivmf_natural_parameters(mu_b: Array, kappas_b: Array, normalizer: str = "exact") -> tuple[Array, Array]:
+    """(w [M, D], a [M]) with w_c = K_c mu_c and a_c = log C_p(|w_c|) + log det K_c - log|w_c|: the
+    reference_linear log density is a_c + w_c.x."""
+    w, w_norm, const = _nivmf_constants(mu_b, kappas_b, normalizer)
+    return w, const - jnp.log(w_norm)
+
+
+def vmf_samples(key: Array, mu_a: Array, kappa_a: Array, num_samples: int, kappa_gradient: str = "implicit") -> Array:
+    """num_samples reparameterised draws from each vMF(mu_a_i, kappa_a_i): [num_samples, N, D]."""
+    return distributions.vmf_sample(key, mu_a, kappa_a, (num_samples,), kappa_gradient=kappa_gradient)
+
+
+def nivmf_ppk(mu_a: Array, kappa_a: Array, mu_b: Array, kappas_b: Array, *, rho: float = 0.5,
+              normalizer: str = "exact") -> Array:
+    """log PPK_rho between image vMFs and reference_linear nivMF proxies, exactly (D7):
+    rho (log C_p(ka) + a_c) - log C_p(rho |ka mu_a + w_c|). [N, M], nats."""
+    w, a = nivmf_natural_parameters(mu_b, kappas_b, normalizer)
+    p = mu_a.shape[-1]
+    w_norm = jnp.sqrt(jnp.sum(w * w, axis=-1))
+    resultant = _resultant(kappa_a, w_norm, mu_a @ l2_normalize(w).T)
+    return rho * (special.log_vmf_normalizer(kappa_a, p)[:, None] + a[None, :]) \
+        - special.log_vmf_normalizer(rho * resultant, p)
+
+
+def nivmf_ppk_monte_carlo(samples: Array, mu_a: Array, kappa_a: Array, mu_b: Array, kappas_b: Array, *,
+                          rho: float = 0.5, form: str = "exact", normalizer: str = "exact") -> Array:
+    """log PPK_rho by Monte Carlo (D7): log (1/n) sum_s exp((rho - 1) log vMF_i(x_s) + rho log nivMF_c(x_s)),
+    x_s ~ vMF(mu_a_i, ka_i) given as `samples` [n, N, D] (shared by all proxies). [N, M]."""
+    p = mu_a.shape[-1]
+    log_niv = nivmf_pairwise_log_prob(samples, mu_b, kappas_b, form=form, normalizer=normalizer)
+    log_vmf = special.log_vmf_normalizer(kappa_a, p) + kappa_a * jnp.sum(samples * mu_a, axis=-1)  # [n, N]
+    logits = rho * log_niv + (rho - 1.0) * log_vmf[..., None]
+    return jax.nn.logsumexp(logits, axis=0) - math.log(samples.shape[0])
+
+
+def nivmf_neg_kl(mu_a: Array, kappa_a: Array, mu_b: Array, kappas_b: Array, *, normalizer: str = "exact") -> Array:
+    """-KL(vMF(mu_a_i, ka_i) || nivMF_c) for reference_linear proxies, exactly:
+    H(vMF(ka_i)) + a_c + A_p(ka_i) mu_a_i.w_c. [N, M], nats."""
+    w, a = nivmf_natural_parameters(mu_b, kappas_b, normalizer)
+    p = mu_a.shape[-1]
+    mean = special.vmf_mean_resultant_length(kappa_a, p)[:, None] * mu_a
+    return distributions.vmf_entropy(kappa_a, p)[:, None] + a[None, :] + mean @ w.T
+
+
+def nivmf_neg_kl_monte_carlo(samples: Array, mu_a: Array, kappa_a: Array, mu_b: Array, kappas_b: Array, *,
+                             form: str = "exact", normalizer: str = "exact") -> Array:
+    """-KL(vMF || nivMF_c) = H(vMF(ka_i)) + E_{x ~ vMF}[log nivMF_c(x)], the expectation over `samples`."""
+    log_niv = nivmf_pairwise_log_prob(samples, mu_b, kappas_b, form=form, normalizer=normalizer)
+    return distributions.vmf_entropy(kappa_a, mu_a.shape[-1])[:, None] + jnp.mean(log_niv, axis=0)
+
+
+def _nivmf_kernel_factory(kernel: str, *, rho: float = 0.5, form: str = "reference_linear",
+                          estimator: str = "closed_form", num_samples: int = 20, normalizer: str = "exact",
+                          kappa_gradient: str = "implicit") -> Callable[..., Pairwise]:
+    _check_choice("nivmf form", form, NIVMF_FORMS)
+    _check_choice("estimator", estimator, EL_ESTIMATORS)
+    _check_choice("kappa_gradient", kappa_gradient, KAPPA_GRADIENTS)
+    _check_normalizer(normalizer)
+    if kernel in ("ppk", "kl") and estimator == "closed_form" and form != "reference_linear":
+        raise ConfigError(f"{kernel}_nivmf: the closed form exists only for form='reference_linear', not {form!r}; "
+                          "set estimator='monte_carlo'")
+    if not rho > 0:
+        raise ConfigError(f"ppk_nivmf: rho must be > 0, got {rho!r}")
+    if int(num_samples) < 1:
+        raise ConfigError(f"num_samples must be >= 1, got {num_samples!r}")
+
+    def pairwise(a: Bundle, b: Bundle, *, key: Array | None = None, temperature=None) -> Pairwise:
+        del temperature
+        mu_a, kappa_a = vmf_parameters(a)
+        mu_b, kappas_b = _nivmf_parameters(b)
+        if kernel in ("l2", "cosine"):
+            w, _ = nivmf_natural_parameters(mu_b, kappas_b, normalizer)
+            if kernel == "cosine":
+                sim = cosine(a["embedding"], w)
+                return Pairwise(sim, chord_distance(sim))
+            sq = sq_euclidean(a["embedding"], w)
+            return Pairwise(-sq, safe_sqrt(sq))
+        if estimator == "closed_form":
+            if kernel == "ppk":
+                sim = nivmf_ppk(mu_a, kappa_a, mu_b, kappas_b, rho=rho, normalizer=normalizer)
+            else:
+                sim = nivmf_neg_kl(mu_a, kappa_a, mu_b, kappas_b, normalizer=normalizer)
+            return Pairwise(sim, -sim)
+        if key is None:
+            raise ValueError(f"{kernel}_nivmf with estimator='monte_carlo' needs a PRNG key")
+        x = vmf_samples(key, mu_a, kappa_a, int(num_samples), kappa_gradient)
+        if kernel == "ppk":
+            sim = nivmf_ppk_monte_carlo(x, mu_a, kappa_a, mu_b, kappas_b, rho=rho, form=form, normalizer=normalizer)
+        else:
+            sim = nivmf_neg_kl_monte_carlo(x, mu_a, kappa_a, mu_b, kappas_b, form=form, normalizer=normalizer)
+        return Pairwise(sim, -sim)
+
+    return pairwise
+
+
+def _ppk_nivmf_factory(*, rho: float = 0.5, form: str = "reference_linear", estimator: str = "closed_form",
+                       num_samples: int = 20, normalizer: str = "exact",
+                       kappa_gradient: str = "implicit") -> Callable[..., Pairwise]:
+    """log PPK_rho(vMF, nivMF) (D7; at rho = 1 el_nivmf is the same kernel)."""
+    return _nivmf_kernel_factory("ppk", rho=rho, form=form, estimator=estimator, num_samples=num_samples,
+                                 normalizer=normalizer, kappa_gradient=kappa_gradient)
+
+
+def _bhattacharyya_nivmf_factory(*, form: str = "reference_linear", estimator: str = "closed_form",
+                                 num_samples: int = 20, normalizer: str = "exact",
+                                 kappa_gradient: str = "implicit") -> Callable[..., Pairwise]:
+    """B-nivMF: the PPK of order 1/2 with nivMF proxies."""
+    return _ppk_nivmf_factory(rho=0.5, form=form, estimator=estimator, num_samples=num_samples,
+                              normalizer=normalizer, kappa_gradient=kappa_gradient)
+
+
+def _kl_nivmf_factory(*, form: str = "reference_linear", estimator: str = "closed_form", num_samples: int = 20,
+                      normalizer: str = "exact", kappa_gradient: str = "implicit") -> Callable[..., Pairwise]:
+    """-KL(vMF(image) || nivMF_c) (D7)."""
+    return _nivmf_kernel_factory("kl", form=form, estimator=estimator, num_samples=num_samples,
+                                 normalizer=normalizer, kappa_gradient=kappa_gradient)
+
+
+def _l2_nivmf_factory() -> Callable[..., Pairwise]:
+    """-|e_i - w_c|^2 with the nivMF proxy's point w_c = K_c mu_c."""
+    return _nivmf_kernel_factory("l2")
+
+
+def _cosine_nivmf_factory() -> Callable[..., Pairwise]:
+    """cos(e_i, w_c) with the nivMF proxy's point w_c = K_c mu_c."""
+    return _nivmf_kernel_factory("cosine")
 
 
 SIMILARITIES: dict[str, Callable[..., Callable[..., Pairwise]]] = {
@@ -579,6 +764,12 @@ SIMILARITIES: dict[str, Callable[..., Callable[..., Pairwise]]] = {
     "loglik": _loglik_factory,
     "loglik_nivmf": _loglik_nivmf_factory,
     "el_nivmf": _el_nivmf_factory,
+    "l2_vmf": _l2_factory,
+    "ppk_nivmf": _ppk_nivmf_factory,
+    "bhattacharyya_nivmf": _bhattacharyya_nivmf_factory,
+    "kl_nivmf": _kl_nivmf_factory,
+    "l2_nivmf": _l2_nivmf_factory,
+    "cosine_nivmf": _cosine_nivmf_factory,
 }
 
 # Similarities whose values lie in [-1, 1] (what angular-margin losses such as ArcFace need).
@@ -593,12 +784,19 @@ PROXY_CONCENTRATION: dict[str, str] = {
     "loglik": "scalar",
     "loglik_nivmf": "vector",
     "el_nivmf": "vector",
+    "l2_vmf": "scalar",
+    "ppk_nivmf": "vector",
+    "bhattacharyya_nivmf": "vector",
+    "kl_nivmf": "vector",
+    "l2_nivmf": "vector",
+    "cosine_nivmf": "vector",
 }
 
 # Similarities that, for some options, apply the softmax temperature themselves (S = s / T computed
 # inside, e.g. the reference EL-nivMF log-mean-exp): name -> predicate on the options dict.
 TEMPERATURE_INSIDE: dict[str, Callable[[dict], bool]] = {
-    "el_nivmf": lambda options: options.get("temperature_placement", "outside") == "inside",
+    "el_nivmf": lambda options: bool(options.get("compat", False))
+    or options.get("temperature_placement", "outside") == "inside",
 }
 
 

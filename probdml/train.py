@@ -116,12 +116,16 @@ def create_setup(
     config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, num_classes: int, image_shape: tuple[int, ...]
 ) -> Setup:
     """Build the model, objective and optimizer from `config`, initialise the state from
-    `config.seed` (replicated over `mesh`), and jit the train step with the batch sharded over the
+    `config.seed` (with the converted weights of `config.model.pretrained` merged in, if set;
+    replicated over `mesh`), and jit the train step with the batch sharded over the
     mesh's 'data' axis and the state donated."""
     model = models.build_model(config.model)
     obj = objective.build_objective(config.loss, num_classes, config.model.embed_dim)
     init_key, loss_key = jax.random.split(jax.random.key(config.seed))
     variables = model.init(init_key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+    pretrained = models.check_pretrained(config.model)
+    if pretrained:
+        variables = models.load_pretrained_variables(model, variables, pretrained)
     params = {"model": variables["params"], "loss": obj.init(loss_key)}
     tx = optim.make_optimizer(config.optim, params)
     state = TrainState(
@@ -140,6 +144,18 @@ def create_setup(
     return Setup(model, obj, tx, parallel.replicate(mesh, state), train_step)
 
 
+def warm_start(setup: Setup, state: TrainState, apply_fn: Callable[[Array], dict],
+               config: ml_collections.ConfigDict, train_ds, mesh: jax.sharding.Mesh) -> TrainState:
+    """The objective's warm start (e.g. proxies from class-mean embeddings) on the training set embedded
+    with the evaluation transforms by the initial model; the result is replicated over `mesh`."""
+    outputs = evaluate.embed(apply_fn, config.data, train_ds, config.eval.batch_size, mesh)
+    loss_params = setup.objective.warm_start(
+        jax.device_get(state.params["loss"]), jnp.asarray(outputs["embedding"]), jnp.asarray(train_ds.contiguous_labels())
+    )
+    writers.log(f"warm start of the loss parameters from {len(train_ds)} training embeddings")
+    return parallel.replicate(mesh, state.replace(params={**state.params, "loss": loss_params}))
+
+
 def validate_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Fail early, with a one-line ConfigError, on names and paths that cannot work."""
     parent = os.path.dirname(os.path.abspath(workdir))
@@ -150,6 +166,9 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str) -> None:
         raise unknown_choice("sampler", config.data.sampler, data.pipeline.SAMPLERS)
     if config.model.name not in models.MODELS:
         raise unknown_choice("model", config.model.name, models.MODELS)
+    pretrained = models.check_pretrained(config.model)
+    if pretrained and not os.path.isdir(pretrained):
+        raise ConfigError(f"model.pretrained directory does not exist: {pretrained}")
     if config.loss.name not in objective.LOSSES:
         raise unknown_choice("loss", config.loss.name, objective.LOSSES)
     optim.validate(config.optim)
@@ -187,7 +206,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """Train `config` in `workdir` (resuming from its latest checkpoint) and return the final metrics.
 
     Data parallel over `config.num_devices` devices (0 = all) with the global batch sharded along a
-    1-D mesh. Process 0 writes TensorBoard events and metrics.jsonl to <workdir> and the final
+    1-D mesh. Process 0 writes the config (config.json), TensorBoard events and metrics.jsonl to <workdir> and the final
     evaluation to <workdir>/final_metrics.json; all processes take part in checkpointing
     (<workdir>/checkpoints).
     """
@@ -198,6 +217,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     parallel.check_batch_size(config.eval.batch_size, mesh, "eval batch size")
     lead = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
+    if lead:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=1))
     train_ds = data.load_split(config.data, "train")
     test_ds = data.load_split(config.data, "test")
     setup = create_setup(config, mesh, train_ds.num_classes, train_ds.image_shape)
@@ -215,6 +237,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     def apply_eval(params, batch_stats, images):
         variables = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
         return model.apply(variables, images, train=False)
+
+    if restored is None and setup.objective.warm_start is not None:
+        state = warm_start(setup, state, lambda x: apply_eval(state.params["model"], state.batch_stats, x),
+                           config, train_ds, mesh)
 
     def run_eval(state: TrainState) -> dict[str, float]:
         outputs = evaluate.embed(

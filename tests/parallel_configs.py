@@ -1,6 +1,7 @@
 """Small configs and batches for the 1-vs-8-device equivalence check (tests/parallel_check.py)."""
 
 import jax
+import ml_collections
 import numpy as np
 
 from probdml import parallel, train
@@ -29,7 +30,46 @@ def proxy_anchor():
     return _base(), _batch(5), 5
 
 
-CONFIGS = {"proxy_anchor": proxy_anchor}
+def idml_mixup():
+    """IDML-ProxyAnchor (two heads, introspective metric) with the Mixup scheme: one lam and permutation
+    for the global batch."""
+    from configs import digits_idml
+
+    config = digits_idml.get_config()
+    config.model.widths = (8, 16)
+    config.model.hidden = 32
+    config.model.embed_dim = 16
+    config.model.uncertainty_dim = 16
+    config.data.batch_size = 32
+    return config, _batch(5), 5
+
+
+def triplet_semihard():
+    config = _base()
+    config.loss = ml_collections.ConfigDict(dict(name="triplet", similarity="cosine", margin=0.1, miner="semihard"))
+    config.optim.lr_mults = {}
+    return config, _batch(5), 5
+
+
+def el_nivmf():
+    from configs import digits_nivmf
+
+    config = digits_nivmf.get_config()
+    config.model.widths = (8, 16)
+    config.model.hidden = 32
+    config.model.embed_dim = 16
+    config.data.batch_size = 32
+    config.loss.warm_start = False  # the check runs create_setup and one step, not train_and_evaluate
+    config.loss.guidance_weight = 1.0
+    return config, _batch(5), 5
+
+
+CONFIGS = {
+    "proxy_anchor": proxy_anchor,
+    "triplet_semihard": triplet_semihard,
+    "idml_mixup": idml_mixup,
+    "el_nivmf": el_nivmf,
+}
 
 
 def initial_params(config, batch, num_classes):

@@ -75,7 +75,9 @@ def test_converted_values(r18):
     assert (arch, num_classes) == ("resnet18", 7)
     p, s = variables["params"], variables["batch_stats"]
     np.testing.assert_array_equal(p["conv1"]["kernel"][2, 5, 1, 40], sd["conv1.weight"][40, 1, 2, 5])
-    np.testing.assert_array_equal(p["layer3_0"]["downsample_conv"]["kernel"][0, 0], sd["layer3.0.downsample.0.weight"][:, :, 0, 0].T)
+    np.testing.assert_array_equal(
+        p["layer3_0"]["downsample_conv"]["kernel"][0, 0], sd["layer3.0.downsample.0.weight"][:, :, 0, 0].T
+    )
     np.testing.assert_array_equal(p["layer3_0"]["downsample_bn"]["scale"], sd["layer3.0.downsample.1.weight"])
     np.testing.assert_array_equal(s["layer4_1"]["bn2"]["var"], sd["layer4.1.bn2.running_var"])
     np.testing.assert_array_equal(p["fc"]["kernel"], sd["fc.weight"].T)
@@ -97,13 +99,15 @@ def test_missing_misshaped_and_unexpected_parameters(r18):
     with pytest.raises(ValueError, match=r"missing parameter 'layer2\.1\.bn1\.running_var'"):
         convert.convert_state_dict(missing)
     bad = dict(sd, **{"layer3.0.conv2.weight": np.zeros((256, 256, 3, 1), np.float32)})
-    with pytest.raises(ValueError, match=r"'layer3\.0\.conv2\.weight' has shape \(256, 256, 3, 1\), expected \(256, 256, 3, 3\)"):
+    message = r"'layer3\.0\.conv2\.weight' has shape \(256, 256, 3, 1\), expected \(256, 256, 3, 3\)"
+    with pytest.raises(ValueError, match=message):
         convert.convert_state_dict(bad)
     with pytest.raises(ValueError, match=r"unexpected parameter 'layer1\.0\.se\.weight'"):
         convert.convert_state_dict(dict(sd, **{"layer1.0.se.weight": np.zeros(3, np.float32)}))
     with pytest.raises(ValueError, match=r"missing parameter 'fc\.bias'"):
         convert.convert_state_dict({k: v for k, v in sd.items() if k != "fc.bias"})
-    with pytest.raises(ValueError, match=r"'layer1\.0\.conv1\.weight' has shape \(64, 64, 3, 3\), expected \(64, 64, 1, 1\) for resnet50"):
+    message = r"'layer1\.0\.conv1\.weight' has shape \(64, 64, 3, 3\), expected \(64, 64, 1, 1\) for resnet50"
+    with pytest.raises(ValueError, match=message):
         convert.convert_state_dict(sd, arch="resnet50")
 
 
@@ -225,11 +229,16 @@ def test_merge_names_first_missing_or_misshaped_parameter(r18, embedder_variable
     flat = traverse_util.flatten_dict(pretrained)
     del flat[("batch_stats", "layer3_1", "bn2", "mean")]
     del flat[("params", "layer4_0", "conv1", "kernel")]
-    with pytest.raises(ValueError, match=r"lacks parameter 'params/layer4_0/conv1/kernel' \(needed for 'params/backbone/layer4_0/conv1/kernel'\)"):
+    message = r"lacks parameter 'params/layer4_0/conv1/kernel' \(needed for 'params/backbone/layer4_0/conv1/kernel'\)"
+    with pytest.raises(ValueError, match=message):
         convert.merge_pretrained(embedder_variables, traverse_util.unflatten_dict(flat), at="backbone")
     flat = traverse_util.flatten_dict(pretrained)
     flat[("params", "layer2_1", "bn1", "scale")] = np.ones(64, np.float32)
-    with pytest.raises(ValueError, match=r"'params/layer2_1/bn1/scale' has shape \(64,\), but the model's 'params/backbone/layer2_1/bn1/scale' has shape \(128,\)"):
+    message = (
+        r"'params/layer2_1/bn1/scale' has shape \(64,\), "
+        r"but the model's 'params/backbone/layer2_1/bn1/scale' has shape \(128,\)"
+    )
+    with pytest.raises(ValueError, match=message):
         convert.merge_pretrained(embedder_variables, traverse_util.unflatten_dict(flat), at="backbone")
     with pytest.raises(ValueError, match="model variables have no module 'params/encoder'"):
         convert.merge_pretrained(embedder_variables, pretrained, at="encoder")

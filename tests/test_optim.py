@@ -131,3 +131,19 @@ def test_train_step_mixup_loss_is_the_weighted_sum():
             found.append(perm)
     assert found, "no permutation reproduces the mixed loss"
     np.testing.assert_allclose(m["loss"], 0.5 * m["loss_clean"] + m["loss_mixed"], rtol=1e-6)
+
+
+def test_schedule_runs_on_the_global_step_through_a_warmup():
+    """torch semantics: a group unfrozen at step 3 uses the learning rate the step schedule gives step 3
+    (lr * gamma after the boundary at 2), not the schedule restarted at 0."""
+    params = {"model": {"w": jnp.array([1.0])}, "loss": {}}
+    cfg = _cfg(name="adamw", learning_rate=0.1, schedule="step", boundaries=[2], gamma=0.5, frozen_until={"model": 3})
+    tx = optim.make_optimizer(cfg, params)
+    state = tx.init(params)
+    ups = []
+    for _ in range(4):
+        upd, state = tx.update({"model": {"w": jnp.array([2.0])}, "loss": {}}, state, params)
+        ups.append(float(upd["model"]["w"][0]))
+    assert ups[:3] == [0.0, 0.0, 0.0]
+    # the first Adam step, bias-corrected: -lr * g / (|g| + 1e-8) (float32 corrections: rtol 1e-5)
+    np.testing.assert_allclose(ups[3], -0.05, rtol=1e-5)

@@ -152,7 +152,7 @@ def test_gradients_match_torch_and_frozen_affine(small_pair):
                     np.testing.assert_allclose(np.asarray(grads[path]), ref, rtol=1e-8, atol=1e-12, err_msg=str(path))
 
 
-def test_batchnorm_mask_freezes_exactly_the_bn_parameters(small_pair):
+def test_batchnorm_mask_freezes_exactly_the_bn_parameters():
     with torch.device("meta"):
         model = torch_resnet("resnet50")
     bn_names = {n for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
@@ -166,8 +166,11 @@ def test_batchnorm_mask_freezes_exactly_the_bn_parameters(small_pair):
     assert len([m for m in jax.tree.leaves(mask) if m]) == 2 * len(bn_names)
     assert not mask["fc"]["kernel"] and not mask["layer3_0"]["downsample_conv"]["kernel"]
 
-    small = resnet.resnet18(num_classes=10)
-    variables = small_pair[2]
+    # A one-block-per-stage net with random values (initialisers compile slowly on CPU).
+    small = resnet.ResNet(stage_sizes=(1, 1, 1, 1), block="basic", num_classes=10)
+    shapes = jax.eval_shape(small.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    rng = np.random.default_rng(0)
+    variables = jax.tree.map(lambda s: (0.1 * rng.normal(size=s.shape)).astype(np.float32), shapes)
     labels = jax.tree.map(lambda bn: "frozen" if bn else "train", resnet.batchnorm_mask(variables["params"]))
     tx = optax.multi_transform({"train": optax.adamw(1e-2), "frozen": optax.set_to_zero()}, labels)
     x = jnp.ones((2, 32, 32, 3))
@@ -240,6 +243,8 @@ def test_bad_arch_and_layout():
         resnet.resnet18().init(jax.random.key(0), jnp.zeros((1, 3, 32, 32)))
     with pytest.raises(ValueError, match="pooling must be one of"):
         resnet.global_pool(jnp.zeros((1, 2, 2, 4)), "sum")
+    with pytest.raises(ValueError, match=r"block must be one of \('basic', 'bottleneck'\), got 'wide'"):
+        resnet.ResidualBlock(width=8, block="wide").init(jax.random.key(0), jnp.zeros((1, 4, 4, 8)))
 
 
 def test_against_torchvision():

@@ -86,12 +86,12 @@ def _env():
 
 @pytest.fixture(scope="module")
 def uninterrupted_cli_metrics(digits_data_dir, tmp_path_factory):
-    """final_metrics.json of the small CLI run without interruption (shared by the kill tests)."""
+    """(workdir, final metrics) of the small CLI run without interruption (shared by the kill tests)."""
     workdir = tmp_path_factory.mktemp("ref") / "run"
     ref = subprocess.run(_cli(workdir, digits_data_dir), cwd=ROOT, env=_env(), capture_output=True, text=True)
     assert ref.returncode == 0, ref.stderr[-2000:]
     with open(workdir / "final_metrics.json") as f:
-        return json.load(f)
+        return workdir, json.load(f)
 
 
 @pytest.mark.slow
@@ -114,5 +114,10 @@ def test_killed_cli_run_resumes_to_the_same_final_metrics(digits_data_dir, unint
     again = subprocess.run(_cli(work, digits_data_dir), cwd=ROOT, env=_env(), capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "resumed from checkpoint at step" in again.stdout
+    ref_dir, ref_metrics = uninterrupted_cli_metrics
     with open(work / "final_metrics.json") as g:
-        assert json.load(g) == uninterrupted_cli_metrics
+        assert json.load(g) == ref_metrics
+    (step_a, params_a), (step_b, params_b) = _params(str(ref_dir)), _params(str(work))
+    assert step_a == step_b == 60
+    for x, y in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
+        np.testing.assert_array_equal(x, y)

@@ -1,6 +1,7 @@
 """Datasets: TFDS builders, input pipelines and samplers. `load_split(cfg, split)` by name.
 
-Datasets (`data.name`): 'digits' (scikit-learn's copy, nothing to download), and 'cub200',
+Datasets (`data.name`): 'digits' (scikit-learn's copy, nothing to download), 'glyphs' (characters
+rendered from the typefaces bundled with matplotlib, nothing to download), and 'cub200',
 'cars196', 'sop', prepared on first use from the official downloads, which the user puts in the TFDS
 manual directory (`data.manual_dir`, else <data_dir>/downloads/manual/):
 
@@ -31,8 +32,9 @@ from probdml.data import preprocess
 from probdml.data.pipeline import ArrayDataset, ImageDataset, RecordSource, option
 from probdml.errors import ConfigError, unknown_choice
 
-DATASET_NAMES = ("digits", "cub200", "cars196", "sop")
+DATASET_NAMES = ("digits", "glyphs", "cub200", "cars196", "sop")
 SPLITS = ("train", "test", "train_sub", "val")
+IN_MEMORY = ("digits", "glyphs")  # small grayscale datasets held in memory as uint8 arrays
 DEFAULT_VAL_FRACTION = 0.2
 
 
@@ -40,9 +42,10 @@ def _builders() -> dict:
     from probdml.data.cars196 import Cars196
     from probdml.data.cub200 import Cub200
     from probdml.data.digits import Digits
+    from probdml.data.glyphs import Glyphs
     from probdml.data.sop import Sop
 
-    return {"digits": Digits, "cub200": Cub200, "cars196": Cars196, "sop": Sop}
+    return {"digits": Digits, "glyphs": Glyphs, "cub200": Cub200, "cars196": Cars196, "sop": Sop}
 
 
 def data_dir(data_cfg: ml_collections.ConfigDict) -> str:
@@ -96,7 +99,7 @@ def prepare(data_cfg: ml_collections.ConfigDict):
 def load_split(data_cfg: ml_collections.ConfigDict, split: str) -> ArrayDataset | ImageDataset:
     """Prepare the TFDS dataset `data_cfg.name` on first use and load `split` (one of SPLITS).
 
-    digits: an `ArrayDataset` in memory, in the original order. Image datasets: an `ImageDataset`
+    digits, glyphs: an `ArrayDataset` in memory, in the builder's index order. Image datasets: an `ImageDataset`
     reading JPEG bytes from the TFDS ArrayRecord files by index, ordered by file name.
     """
     import tensorflow_datasets as tfds
@@ -106,7 +109,7 @@ def load_split(data_cfg: ml_collections.ConfigDict, split: str) -> ArrayDataset 
         raise ConfigError(f"dataset {data_cfg.name!r} has no split {split!r}; valid: {', '.join(SPLITS)}")
     builder = prepare(data_cfg)
     base = "test" if split == "test" else "train"
-    if data_cfg.name == "digits":
+    if data_cfg.name in IN_MEMORY:
         arrays = tfds.as_numpy(builder.as_dataset(split=base, batch_size=-1, shuffle_files=False))
         order = np.argsort(arrays["index"], kind="stable")
         ds = ArrayDataset(images=arrays["image"][order], labels=arrays["label"][order].astype(np.int32))

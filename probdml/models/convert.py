@@ -2,10 +2,10 @@
 
 Conversion (torch -> probdml, see `probdml.models.resnet` for the name map):
 
-    conv weight [O, I, kh, kw]  ->  kernel [kh, kw, I, O]
-    fc weight   [out, in]       ->  kernel [in, out]
-    bn weight, bias             ->  params scale, bias
-    bn running_mean, running_var->  batch_stats mean, var   (num_batches_tracked dropped)
+    conv weight [O, I, kh, kw]   ->  kernel [kh, kw, I, O]
+    fc weight   [out, in]        ->  kernel [in, out]
+    bn weight, bias              ->  params scale, bias
+    bn running_mean, running_var ->  batch_stats mean, var  (num_batches_tracked dropped)
 
 Input files are `.pth`/`.pt` state dicts, read with `torch.load(weights_only=True)` (no
 arbitrary unpickling), or `.safetensors` files, read with the `safetensors` numpy API
@@ -14,10 +14,16 @@ arbitrary unpickling), or `.safetensors` files, read with the `safetensors` nump
 architecture. Command line:
 
     python -m probdml.models.convert --torch=resnet50.pth --out=DIR
+        [--arch=resnet50]     (default: inferred from the keys)
+        [--prefix=module.]    (strip a key prefix, e.g. from DataParallel checkpoints)
 
 A config then points at DIR (`config.model.pretrained=DIR`); `load_pretrained(DIR)` reads
 the variables and `merge_pretrained` copies them into freshly initialised model
-variables, naming the first missing or mis-shaped parameter when they do not fit.
+variables, naming the first missing or mis-shaped parameter when they do not fit:
+
+    variables = model.init(key, images)            # backbone submodule named "backbone"
+    variables = merge_pretrained(variables, load_pretrained(config.model.pretrained),
+                                 at="backbone")
 """
 
 from __future__ import annotations

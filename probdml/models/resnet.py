@@ -171,6 +171,8 @@ class ResidualBlock(nn.Module):
                 name=name,
             )
 
+        if self.block not in BLOCKS:
+            raise ValueError(f"block must be one of {BLOCKS}, got {self.block!r}")
         out_features = self.width * EXPANSION[self.block]
         if self.block == "basic":
             y = nn.relu(bn("bn1")(conv(self.width, 3, self.stride, "conv1")(x)))

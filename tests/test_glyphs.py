@@ -1,0 +1,198 @@
+"""The glyphs TFDS builder: class rule, split, determinism and augmentation (the `tiny` config)."""
+
+import dataclasses
+import os
+import unicodedata
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from probdml import data
+from probdml.data import glyphs
+
+NUM_TYPEFACES = 16
+
+
+def _build(path):
+    builder = glyphs.Glyphs(config="tiny", data_dir=str(path))
+    builder.download_and_prepare()
+    return builder
+
+
+def _arrays(builder, split):
+    ds = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, shuffle_files=False))
+    order = np.argsort(ds["index"])
+    return {k: v[order] for k, v in ds.items()}
+
+
+@pytest.fixture(scope="module")
+def tiny_builds(tmp_path_factory):
+    """The tiny config built twice, in two data directories."""
+    return _build(tmp_path_factory.mktemp("a")), _build(tmp_path_factory.mktemp("b"))
+
+
+@pytest.fixture(scope="module")
+def reference_distances():
+    """RMS distances [F, N, N] between the clean reference renderings of all candidates."""
+    candidates, clean = glyphs.reference_renderings()
+    x = clean.reshape(clean.shape[0], clean.shape[1], -1).astype(np.float64)
+    d = np.empty((x.shape[0], x.shape[1], x.shape[1]))
+    for f in range(x.shape[0]):
+        sq = np.einsum("nd,nd->n", x[f], x[f])
+        d[f] = np.sqrt(np.clip(sq[:, None] + sq[None, :] - 2 * x[f] @ x[f].T, 0, None) / x.shape[-1])
+    return list(candidates), d
+
+
+def test_same_version_builds_byte_identical_files(tiny_builds):
+    a, b = tiny_builds
+    files_a = sorted(f for f in os.listdir(a.data_dir) if ".tfrecord" in f)
+    files_b = sorted(f for f in os.listdir(b.data_dir) if ".tfrecord" in f)
+    assert files_a == files_b and {f.split(".tfrecord")[0] for f in files_a} == {"glyphs-train", "glyphs-test"}
+    for f in files_a:
+        with open(os.path.join(a.data_dir, f), "rb") as fa, open(os.path.join(b.data_dir, f), "rb") as fb:
+            assert fa.read() == fb.read(), f
+
+
+def test_split_is_class_disjoint_half_and_half(tiny_builds):
+    builder = tiny_builds[0]
+    train, test = _arrays(builder, "train"), _arrays(builder, "test")
+    train_classes, test_classes = set(train["label"]), set(test["label"])
+    assert len(train_classes) == len(test_classes) == 6  # 12 classes, ceil(12 / 2) for training
+    assert not train_classes & test_classes
+    # The documented split: the first 12 of the rng(0) permutation of all class ids, first half train.
+    order = np.random.default_rng(0).permutation(len(glyphs.class_codepoints()))[:12]
+    assert train_classes == set(order[:6]) and test_classes == set(order[6:])
+
+
+def test_every_class_appears_once_in_every_typeface(tiny_builds):
+    for split in ("train", "test"):
+        ex = _arrays(tiny_builds[0], split)
+        assert ex["image"].shape[1:] == (32, 32, 1) and ex["image"].dtype == np.uint8
+        for label in np.unique(ex["label"]):
+            faces = ex["typeface"][ex["label"] == label]
+            assert sorted(faces) == list(range(NUM_TYPEFACES))  # samples_per_typeface = 1
+        codepoints = np.asarray(glyphs.class_codepoints())
+        np.testing.assert_array_equal(ex["codepoint"], codepoints[ex["label"]])
+        assert np.all(ex["image"].max(axis=(1, 2, 3)) > 30)  # visible ink in every image
+        names = tiny_builds[0].info.features["label"].names
+        assert names[ex["label"][0]] == f"U+{ex['codepoint'][0]:04X}"
+
+
+def test_classes_are_in_every_font_cmap_read_by_freetype():
+    from matplotlib import ft2font
+
+    codepoints = glyphs.class_codepoints()
+    assert 600 <= len(codepoints) <= 730  # the 16-font cmap intersection has 730 code points
+    paths = glyphs.font_paths()
+    assert len(paths) == NUM_TYPEFACES
+    for path in paths:
+        charmap = ft2font.FT2Font(path).get_charmap()
+        missing = [hex(cp) for cp in codepoints if cp not in charmap]
+        assert not missing, (os.path.basename(path), missing[:5])
+    scripts = {unicodedata.name(chr(cp)).split()[0] for cp in codepoints}
+    assert {"LATIN", "GREEK", "CYRILLIC"} <= scripts
+    for ch in "AaoO0é":  # kept (Latin first in code-point order) ...
+        assert ord(ch) in codepoints
+    for ch in "\u0391\u0410\u039f\u043e\u2011 ":  # ... homoglyphs, non-breaking hyphen and space dropped
+        assert ord(ch) not in codepoints
+    for ch in "éèêëēĕėęě":  # accents are fine-grained but distinct classes
+        assert ord(ch) in codepoints
+
+
+def test_no_two_classes_have_confusable_clean_renderings(reference_distances):
+    candidates, d = reference_distances
+    near = np.sum(d < 0.02, axis=0)  # typefaces in which a pair is (nearly) pixel-identical
+    kept = [candidates.index(cp) for cp in glyphs.class_codepoints()]
+    sub = near[np.ix_(kept, kept)]
+    np.fill_diagonal(sub, 0)
+    assert sub.max() < 8
+    # Every dropped candidate is confusable with an earlier kept class (or renders empty).
+    _, clean = glyphs.reference_renderings()
+    for c, cp in enumerate(candidates):
+        if cp in glyphs.class_codepoints():
+            continue
+        earlier = [k for k in kept if candidates[k] < cp]
+        empty = np.any(clean[:, c].max(axis=(-2, -1)) == 0)
+        assert empty or np.max(near[c, earlier]) >= 8, hex(cp)
+
+
+def test_clean_layout_baseline_and_centring():
+    canvas = 128
+    path = glyphs.font_paths()[0]  # DejaVu Sans
+    a, g, comma, quote = glyphs.render([ord("A"), ord("g"), ord(","), ord("'")], path, canvas)
+    baseline = round(0.74 * canvas)
+    rows = lambda im: np.flatnonzero(im.max(axis=1) > 0)
+    assert abs(rows(a)[-1] - (baseline - 1)) <= 1  # capital A sits on the baseline
+    assert rows(g)[-1] > baseline + 10  # g descends below it
+    assert rows(comma)[0] > rows(quote)[-1]  # same-ish shapes, told apart by height
+    cols = np.flatnonzero(a.max(axis=0) > 0)
+    assert abs((cols[0] + cols[-1]) / 2 - canvas / 2) <= 1.5  # ink box centred
+    np.testing.assert_allclose(
+        glyphs.downsample(a[None], 4)[0], a.reshape(32, 4, 32, 4).mean(axis=(1, 3)) / 255, atol=1e-6
+    )
+
+
+def test_augmentation_is_seeded_and_identity_when_ranges_are_zero():
+    masters = glyphs.render([ord("R"), ord("g")], glyphs.font_paths()[8], 128)
+    rngs = lambda seed: [np.random.default_rng([seed, 82, 8]), np.random.default_rng([seed, 103, 8])]
+    x1 = glyphs.augment(masters, 3, 32, rngs(0))
+    x2 = glyphs.augment(masters, 3, 32, rngs(0))
+    x3 = glyphs.augment(masters, 3, 32, rngs(1))
+    assert x1.shape == (2, 3, 32, 32) and x1.dtype == np.uint8
+    np.testing.assert_array_equal(x1, x2)
+    assert not np.array_equal(x1, x3) and not np.array_equal(x1[0, 0], x1[0, 1])
+    # Image i depends only on rngs[i]: augmenting 'g' alone gives the same images.
+    np.testing.assert_array_equal(glyphs.augment(masters[1:], 3, 32, rngs(0)[1:])[0], x1[1])
+    none = glyphs.Augmentation(
+        max_scale=1.0, max_aspect=1.0, max_rotation_deg=0.0, max_shear=0.0, max_translation=0.0,
+        stroke_probs=(0.0, 1.0, 0.0, 0.0), max_blur_sigma=0.0, min_contrast=1.0, max_noise_std=0.0,
+    )
+    y = glyphs.augment(masters, 1, 32, rngs(0), none)[:, 0] / 255.0
+    clean = masters.reshape(2, 32, 4, 32, 4).mean(axis=(2, 4)) / 255.0
+    rows, cols = np.arange(32)[:, None], np.arange(32)[None, :]
+    for a, b in zip(y, clean):
+        assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.97  # aligned: no shift, flip or rescale
+        centroid = lambda im: np.array([np.sum(im * rows), np.sum(im * cols)]) / im.sum()
+        np.testing.assert_allclose(centroid(a), centroid(b), atol=0.1)  # in output pixels
+        np.testing.assert_allclose(a.sum(), b.sum(), rtol=0.05)  # ink preserved
+    thick = dataclasses.replace(none, stroke_probs=(0.0, 0.0, 0.0, 1.0))
+    thin = dataclasses.replace(none, stroke_probs=(1.0, 0.0, 0.0, 0.0))
+    ink = lambda aug: glyphs.augment(masters, 1, 32, rngs(0), aug).sum(axis=(1, 2, 3))
+    assert np.all(ink(thin) < ink(none) * 0.95) and np.all(ink(thick) > ink(none) * 1.2)
+
+
+def test_augmentation_moves_ink_by_the_drawn_translation():
+    masters = glyphs.render([ord("o")], glyphs.font_paths()[0], 128)
+    shift_only = glyphs.Augmentation(
+        max_scale=1.0, max_aspect=1.0, max_rotation_deg=0.0, max_shear=0.0, max_translation=3.0,
+        stroke_probs=(0.0, 1.0, 0.0, 0.0), max_blur_sigma=0.0, min_contrast=1.0, max_noise_std=0.0,
+    )
+    moved = glyphs.augment(masters, 4, 32, [np.random.default_rng(5)], shift_only)[0] / 255.0
+    # The documented draw order: stroke choice, scale, aspect, rotation, shear, then (dx, dy).
+    rng = np.random.default_rng(5)
+    rng.choice(4, size=4, p=[0.0, 1.0, 0.0, 0.0])
+    for _ in range(4):
+        rng.uniform(size=4)
+    shifts = rng.uniform(-3.0, 3.0, (4, 2))
+    clean = masters.reshape(32, 4, 32, 4).mean(axis=(1, 3)) / 255.0
+    rows, cols = np.arange(32)[:, None], np.arange(32)[None, :]
+    centroid = lambda im: np.array([np.sum(im * cols), np.sum(im * rows)]) / im.sum()  # (x, y)
+    for im, (dx, dy) in zip(moved, shifts):
+        np.testing.assert_allclose(centroid(im) - centroid(clean), [dx, dy], atol=0.15)
+
+
+def test_split_options_and_errors():
+    s = glyphs.split_classes(100, validation_fraction=0.2)
+    assert len(s["train"]) == 40 and len(s["validation"]) == 10 and len(s["test"]) == 50
+    assert len(set(np.concatenate(list(s.values())))) == 100
+    assert "validation" not in glyphs.split_classes(100)
+    with pytest.raises(ValueError, match="validation_fraction"):
+        glyphs.split_classes(100, validation_fraction=1.0)
+    with pytest.raises(ValueError, match="max_classes"):
+        glyphs.split_classes(100, max_classes=101)
+
+
+def test_registered_as_a_dataset():
+    assert "glyphs" in data.DATASET_NAMES
+    assert data._builders()["glyphs"] is glyphs.Glyphs
