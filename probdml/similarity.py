@@ -12,19 +12,31 @@ Two layers:
 Every similarity comes with the distance its pair losses (contrastive, triplet, margin, FastAP and the
 triplet miners) use; higher similarity means lower distance:
 
-=================  =============================  ====================================================
-name               similarity s_ij                distance d_ij
-=================  =============================  ====================================================
-cosine             cos(x_i, y_j)                  chord sqrt(2 - 2 s) = ||x_i/|x_i| - y_j/|y_j| ||
-                                                  (pytorch-metric-learning's normalised LpDistance)
-dot                <x_i, y_j>                     -s
-l2                 -||x_i - y_j||^2               ||x_i - y_j||
-introspective      1 - f^-1(D_IN) (see below)     D_IN = alpha exp(-beta / (tau alpha))
-vMF kernels        log kernel, or -KL             -s
-=================  =============================  ====================================================
+=================  ==========================================  =========================================
+name               similarity s_ij                             distance d_ij
+=================  ==========================================  =========================================
+cosine             cos(x_i, y_j)                               chord sqrt(2 - 2 s) = |x^_i - y^_j|
+                                                               (pytorch-metric-learning's LpDistance)
+dot                <x_i, y_j>                                  -s
+l2                 -|x_i - y_j|^2                              |x_i - y_j|
+introspective      1 - f^-1(D_IN), the cosine whose alpha      D_IN = alpha exp(-beta / (tau alpha'))
+                   equals D_IN (see `introspective`)           (IDML; = alpha at zero uncertainty)
+ppk / el /         log PPK_rho(vMF_i, vMF_j), rho free / 1 /   -s
+bhattacharyya      1/2
+kl                 -KL(vMF_i || vMF_j)                         -s = KL
+loglik             log vMF(mu_i; mu_j, kappa_j)                -s
+loglik_nivmf       log nivMF(mu_i; mu_j, K_j)                  -s
+el_nivmf           log E_{x ~ vMF_i}[nivMF_j(x)^(1/T')]        -s
+=================  ==========================================  =========================================
 
+The *_nivmf entries (ppk_nivmf, bhattacharyya_nivmf, kl_nivmf, l2_nivmf, cosine_nivmf) and l2_vmf are the
+same comparisons against nivMF / vMF proxies (Figure-5 grid of specs/nivmf.md); their distance is -s, or
+the chord / Euclidean distance for cosine_nivmf / l2_*.
+Images are vMF(mu = e/|e|, kappa = |e|); references take their concentration from 'kappa' / 'kappas'
+when present. The kernels are log-values in nats, so margins of distance losses on them are in nats.
 A bundle's natural parameter is kappa * embedding / |embedding| when it carries 'kappa', else the raw
-embedding; `l2` compares natural parameters, so a vMF proxy (mu_c, kappa_c) is the point kappa_c mu_c.
+embedding; `l2` and `dot` compare natural parameters, so a vMF proxy (mu_c, kappa_c) is the point
+kappa_c mu_c. Proxies carry no 'uncertainty': the introspective metric treats them as certain (u = 0).
 """
 
 from __future__ import annotations
