@@ -429,3 +429,46 @@ def test_degenerate_batches_give_zero_for_terms_without_pairs(kind):
         np.testing.assert_allclose(values[6], neg[neg > 0].mean(), rtol=1e-5)
     else:  # one class: no negatives; multi-similarity keeps no pairs (its miner needs negatives)
         np.testing.assert_array_equal(values[11], 0.0)
+
+
+def test_float64_matches_pml_in_double_precision():
+    """A few losses in float64 against pytorch-metric-learning in torch.float64: formula differences that
+    float32 rounding could hide show up here (agreement to 1e-10)."""
+    emb, labels = _batch(41)
+    emb = emb.astype(np.float64)
+    proxies = np.random.default_rng(42).normal(size=(C, D))
+    y = jnp.asarray(labels)
+
+    def run_torch(loss_fn, miner=None, params=()):
+        loss_fn = loss_fn.double()
+        for name, value in params:
+            getattr(loss_fn, name).data = torch.tensor(value, dtype=torch.float64)
+        e = torch.tensor(emb, requires_grad=True)
+        t = torch.tensor(labels)
+        out = loss_fn(e, t, miner(e, t)) if miner is not None else loss_fn(e, t)
+        out.backward()
+        return out.item(), e.grad.numpy()
+
+    def semihard(e):
+        d = _chord(e)
+        return losses.triplet_margin(d, y, margin=0.3, triplets=mining.semihard_mask(d, y, margin=0.3))
+
+    def ms(e):
+        s = cosine(e, e)
+        mp, mn = mining.multi_similarity_pairs(s, y)
+        return losses.multi_similarity(s, y, pos_mask=mp, neg_mask=mn)
+
+    cases = [
+        (lambda e: losses.proxy_anchor(cosine(e, jnp.asarray(proxies)), y),
+         run_torch(pml_losses.ProxyAnchorLoss(C, D), params=[("proxies", proxies)])),
+        (semihard, run_torch(pml_losses.TripletMarginLoss(margin=0.3),
+                             pml_miners.TripletMarginMiner(margin=0.3, type_of_triplets="semihard"))),
+        (ms, run_torch(pml_losses.MultiSimilarityLoss(), pml_miners.MultiSimilarityMiner())),
+        (lambda e: losses.fast_ap(_chord(e) ** 2, y), run_torch(pml_losses.FastAPLoss())),
+    ]
+    with jax.enable_x64(True):
+        for fn, (ref, ref_grad) in cases:
+            value, grad = jax.jit(jax.value_and_grad(fn))(jnp.asarray(emb))
+            assert value.dtype == jnp.float64
+            _assert_close(value, ref, 1e-10)
+            _assert_close(grad, ref_grad, 1e-9)
