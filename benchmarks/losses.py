@@ -109,7 +109,8 @@ def main() -> None:
     unc_np = rng.normal(size=(b, d)).astype(np.float32)
 
     emb, labels = jnp.asarray(emb_np), jnp.asarray(labels_np)
-    proxies, w, centers, unc = (jnp.asarray(x) for x in (proxies_np, w_np, centers_np, unc_np))
+    # probdml keeps class weights and centres as rows ([C, D]); pml as columns ([D, C]): same values.
+    proxies, w, centers, unc = (jnp.asarray(x) for x in (proxies_np, w_np.T, centers_np.T, unc_np))
     key = jax.random.key(0)
 
     def chord(e):
@@ -136,12 +137,12 @@ def main() -> None:
         ("proxy_nca", _jax_timer(lambda e, p: losses.proxy_nca(similarity.cosine(e, p), labels, scale=64.0), emb,
                                  proxies),
          ("ProxyNCALoss", dict(num_classes=c, embedding_size=d, softmax_scale=32), None, [("proxies", proxies_np)])),
-        ("normalized_softmax", _jax_timer(lambda e, w_: losses.normalized_softmax(similarity.cosine(e, w_.T), labels),
+        ("normalized_softmax", _jax_timer(lambda e, w_: losses.normalized_softmax(similarity.cosine(e, w_), labels),
                                           emb, w),
          ("NormalizedSoftmaxLoss", dict(num_classes=c, embedding_size=d), None, [("W", w_np)])),
-        ("arcface", _jax_timer(lambda e, w_: losses.arcface(similarity.cosine(e, w_.T), labels), emb, w),
+        ("arcface", _jax_timer(lambda e, w_: losses.arcface(similarity.cosine(e, w_), labels), emb, w),
          ("ArcFaceLoss", dict(num_classes=c, embedding_size=d), None, [("W", w_np)])),
-        ("soft_triple (K=10)", _jax_timer(lambda e, f: losses.soft_triple(similarity.cosine(e, f.T), labels,
+        ("soft_triple (K=10)", _jax_timer(lambda e, f: losses.soft_triple(similarity.cosine(e, f), labels,
                                                                           centers_per_class=k), emb, centers),
          ("SoftTripleLoss", dict(num_classes=c, embedding_size=d, centers_per_class=k), None, [("fc", centers_np)])),
         ("contrastive", _jax_timer(lambda e: losses.contrastive(chord(e), labels, neg_margin=0.5), emb),
