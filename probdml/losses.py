@@ -381,6 +381,8 @@ def fast_ap(
     (D = histogram_max; pytorch-metric-learning uses the squared chord distance, in [0, 4]).
     With h+_ik, H_ik the positive / all-pair counts in bin k and cumulative sums H+ , H:
     FastAP_i = (1 / N+_i) sum_k h+_ik H+_ik / H_ik; L = mean over anchors with a positive of 1 - FastAP_i.
+    Difference: when no positive pair falls inside [0, D] at all, pytorch-metric-learning returns 0;
+    here every anchor with a positive then scores FastAP = 0 (loss 1, with zero gradient).
     """
     pos, neg = mining.pair_masks(labels, sample_mask)
     delta = histogram_max / num_bins
