@@ -586,9 +586,9 @@ def kmeans(
     uniformly, as faiss, which PML and RDML use) or ``'k-means++'``. Each of `n_init` runs
     (keys split from `seed`) does at most `max_iter` Lloyd updates, stopping early once the total
     squared centroid shift is <= tol * mean per-feature variance (sklearn's rule; tol = 0 stops
-    only at a fixed point, where further updates change nothing); the run of least inertia is kept. An empty cluster keeps its
-    previous centroid. Assignments are to the final centroids; ties go to the lower cluster index.
-    Memory: O(block_size * C) per step.
+    only at a fixed point, where further updates change nothing); the run of least inertia is
+    kept. An empty cluster keeps its previous centroid. Assignments are to the final centroids;
+    ties go to the lower cluster index. Memory: O(block_size * C) per step.
     """
     x = np.asarray(x)
     if x.ndim != 2:
