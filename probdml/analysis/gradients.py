@@ -328,7 +328,8 @@ def recall_by_uncertainty(
     embeddings: np.ndarray, labels: np.ndarray, uncertainty_level: np.ndarray, num_bins: int = 5
 ) -> dict[str, list[float]]:
     """Leave-one-out recall@1 (cosine) of the queries in each quantile bin of `uncertainty_level`:
-    {'bin_edges', 'mean_uncertainty', 'recall@1', 'count'} (bins from least to most uncertain)."""
+    {'bin_edges', 'mean_uncertainty', 'recall@1', 'count'} (bins from least to most uncertain).
+    Dense N x N similarities: for analysis-sized sets."""
     x = np.asarray(embeddings, np.float64)
     x = x / np.linalg.norm(x, axis=1, keepdims=True)
     sim = x @ x.T
@@ -393,14 +394,14 @@ def analyze_run(
     if config.loss.get("similarity", "cosine") != "introspective":
         raise ValueError(f"the run's similarity is {config.loss.get('similarity', 'cosine')!r}, not 'introspective'")
     setup, state, train_ds, test_ds = load_run(config, workdir)
+    if not hasattr(train_ds, "images"):
+        raise ValueError("analyze_run reads in-memory datasets (digits); image datasets are not supported")
     variables = {"params": state.params["model"], **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
     apply = jax.jit(lambda x: setup.model.apply(variables, x, train=False))
 
     def apply_fn(images):
         return jax.device_get(apply(jnp.asarray(images, jnp.float32)))
 
-    if not hasattr(train_ds, "images"):
-        raise ValueError("analyze_run reads in-memory datasets (digits); image datasets are not supported")
     rng = np.random.default_rng(seed)
     labels_all = train_ds.contiguous_labels()
     idx = np.sort(rng.choice(len(labels_all), size=min(num_samples, len(labels_all)), replace=False))

@@ -77,7 +77,7 @@ class EmbeddingNet(nn.Module):
     widths: Sequence[int] = (32, 64, 128)
     hidden: int = 256
     pooling: str = "avg+max"
-    frozen_bn_stats: bool = True
+    frozen_bn_stats: bool = False
     frozen_bn_affine: bool = False
 
     def __post_init__(self):
