@@ -15,7 +15,7 @@ pair losses, whose recipe the official repository does not hold), AdamW (weight 
 proxies at 100x the learning rate, element-wise gradient clipping at 10, a per-epoch step schedule,
 a warm-up of 5 epochs in which only the semantic head and the proxies train (the backbone, its
 BatchNorm affine parameters and the uncertainty head frozen; BN affine trainable afterwards, as the
-official code does), Mixup (lam ~ Beta(1, 1), clean weight 1), 60 epochs, evaluation on the test
+official code does, or never with --config.optim.lr_mults.backbone_bn=0), Mixup (lam ~ Beta(1, 1), clean weight 1), 60 epochs, evaluation on the test
 classes with the best recall@1 checkpoint kept (the official model selection; the final metrics are
 the last epoch's).
 
@@ -141,12 +141,11 @@ def idml_retrieval_config(
     config.optim.learning_rate = learning_rate
     config.optim.weight_decay = 1e-4
     config.optim.model_groups = {g: PARAM_GROUPS[g] for g in groups}
-    config.optim.lr_mults = {"proxies": 100.0} if loss_key in PROXY_VARIANTS else {}
-    frozen = [g for g in groups if g != "embedding"]
-    if not bn_affine_trainable_after_warm:
-        frozen.remove("backbone_bn")
-        config.optim.lr_mults["backbone_bn"] = 0.0
-    config.optim.frozen_until = {g: warm_steps for g in frozen}
+    # backbone_bn 0 = BatchNorm scale/bias frozen for good (override: --config.optim.lr_mults.backbone_bn=0)
+    config.optim.lr_mults = {"backbone_bn": 1.0 if bn_affine_trainable_after_warm else 0.0}
+    if loss_key in PROXY_VARIANTS:
+        config.optim.lr_mults["proxies"] = 100.0
+    config.optim.frozen_until = {g: warm_steps for g in groups if g != "embedding"}
     config.optim.schedule = "step"
     config.optim.boundaries = tuple(range(lr_step_epochs * steps_per_epoch, config.num_steps, lr_step_epochs * steps_per_epoch))
     config.optim.gamma = lr_gamma
