@@ -15,6 +15,7 @@ from probdml.errors import ConfigError
 from probdml.models import convert
 from probdml.models.embedding import PARAM_GROUPS, EmbeddingNet
 from probdml.models.small import SmallConvNet
+from probdml.models.small_resnet import SmallResNet
 
 IMAGES = jnp.asarray(np.random.default_rng(0).normal(size=(3, 8, 8, 1)), jnp.float32)
 
@@ -43,6 +44,19 @@ def test_small_backbone_with_semantic_and_uncertainty_heads():
     np.testing.assert_allclose(np.linalg.norm(out["embedding"], axis=1), 1.0, rtol=1e-6)
     np.testing.assert_allclose(out["uncertainty"], _linear(out["features"], params["uncertainty"]["dense"]),
                                rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("pooling,reference", [("avg+max", "avgmax"), ("avg", "avg")])
+def test_small_resnet_backbone(pooling, reference):
+    net = EmbeddingNet(backbone="small_resnet", embed_dim=6, uncertainty_dim=3, widths=(8, 16), groups=4,
+                       pooling=pooling)
+    variables = net.init(jax.random.key(0), IMAGES)
+    assert "embedding" not in variables["params"]["backbone"]
+    out = net.apply(variables, IMAGES)
+    ref = SmallResNet(embed_dim=0, widths=(8, 16), groups=4, pooling=reference).apply(
+        {"params": variables["params"]["backbone"]}, IMAGES)
+    np.testing.assert_array_equal(out["features"], ref["features"])
+    assert out["features"].shape == (3, 16) and out["uncertainty"].shape == (3, 3)
 
 
 def test_uncertainty_head_options_and_absence():
@@ -106,8 +120,11 @@ def test_bad_options_are_config_errors():
         models.build_model(ml_collections.ConfigDict(dict(name="embedding_net", head="gauss")))
     with pytest.raises(ConfigError, match="uncertainty_activation 'tanh'"):
         models.build_model(ml_collections.ConfigDict(dict(name="embedding_net", uncertainty_activation="tanh")))
-    with pytest.raises(ConfigError, match="pooling 'none'"):
+    with pytest.raises(ConfigError, match="pooling 'none' is not available for backbone 'small_convnet'"):
         models.build_model(ml_collections.ConfigDict(dict(name="embedding_net", pooling="none")))
+    with pytest.raises(ConfigError, match="pooling 'max' is not available for backbone 'small_resnet'; valid "
+                                          "choices: avg, avg\\+max"):
+        models.build_model(ml_collections.ConfigDict(dict(name="embedding_net", backbone="small_resnet", pooling="max")))
     with pytest.raises(ConfigError, match="has no option 'uncertainty_norm'; valid options: .*uncertainty_l2_normalize"):
         models.build_model(ml_collections.ConfigDict(dict(name="embedding_net", uncertainty_norm=True)))
     with pytest.raises(ConfigError, match="embed_dim must be positive"):

@@ -10,8 +10,9 @@ is the vMF concentration), 'uncertainty' [B, uncertainty_dim] (when the head exi
 L2-normalised as in the official IDML code, specs/idml.md D1), 'features' h [B, F].
 
 Backbones (`backbone`): 'small_convnet' (SmallConvNet's pooled 'features', F = `hidden`; reads
-`widths`, `hidden`) and the torchvision ResNets 'resnet18' ... 'resnet152' (F = 512 or 2048; read
-`pooling`, `frozen_bn_stats`, `frozen_bn_affine`).
+`widths`, `hidden`), 'small_resnet' (SmallResNet's pooled features, GroupNorm, F = widths[-1]; reads
+`widths`, `blocks_per_stage`, `groups`, `pooling` 'avg' | 'avg+max') and the torchvision ResNets
+'resnet18' ... 'resnet152' (F = 512 or 2048; read `pooling`, `frozen_bn_stats`, `frozen_bn_affine`).
 
 Parameter paths (for `optim.model_groups`): 'backbone/...', 'embedding/dense/{kernel,bias}',
 'uncertainty/dense/{kernel,bias}'; `PARAM_GROUPS` holds the regular expressions the IDML configs use,
@@ -35,10 +36,11 @@ from probdml.models import convert
 from probdml.models.heads import ACTIVATIONS, SemanticHead, UncertaintyHead, VMFHead
 from probdml.models.resnet import ARCHITECTURES, POOLINGS, resnet
 from probdml.models.small import SmallConvNet
+from probdml.models.small_resnet import SmallResNet
 
 Array = jax.Array
 
-BACKBONES = ("small_convnet", *ARCHITECTURES)
+BACKBONES = ("small_convnet", "small_resnet", *ARCHITECTURES)
 HEADS = ("semantic", "vmf")
 
 # Regular expressions (full match on '/'-joined parameter paths) for optim.model_groups.
@@ -62,8 +64,8 @@ class EmbeddingNet(nn.Module):
       normalize_embedding: L2-normalise the semantic embedding (ignored by 'vmf').
       uncertainty_dim: size of the uncertainty embedding; 0 = no uncertainty head.
       uncertainty_l2_normalize, uncertainty_activation ('none' | 'relu'): the uncertainty head's options.
-      widths, hidden: SmallConvNet's options. pooling ('avg' | 'max' | 'avg+max'), frozen_bn_stats,
-        frozen_bn_affine: the ResNets' options.
+      widths, hidden: SmallConvNet's options; widths, blocks_per_stage, groups, pooling: SmallResNet's.
+        pooling ('avg' | 'max' | 'avg+max'), frozen_bn_stats, frozen_bn_affine: the ResNets' options.
     """
 
     backbone: str = "small_convnet"
@@ -76,6 +78,8 @@ class EmbeddingNet(nn.Module):
     init_norm_multiplier: float = 1.0
     widths: Sequence[int] = (32, 64, 128)
     hidden: int = 256
+    blocks_per_stage: int = 1
+    groups: int = 8
     pooling: str = "avg+max"
     frozen_bn_stats: bool = False
     frozen_bn_affine: bool = False
@@ -88,6 +92,15 @@ class EmbeddingNet(nn.Module):
     def __call__(self, x: Array, train: bool = False) -> dict[str, Array]:
         if self.backbone == "small_convnet":
             h = SmallConvNet(embed_dim=0, widths=self.widths, hidden=self.hidden, name="backbone")(x, train)["features"]
+        elif self.backbone == "small_resnet":
+            h = SmallResNet(
+                embed_dim=0,
+                widths=self.widths,
+                blocks_per_stage=self.blocks_per_stage,
+                groups=self.groups,
+                pooling="avgmax" if self.pooling == "avg+max" else self.pooling,
+                name="backbone",
+            )(x, train)["features"]
         else:
             h = resnet(
                 self.backbone,
@@ -119,9 +132,11 @@ def check_options(net: EmbeddingNet) -> None:
         raise unknown_choice("embedding head", net.head, HEADS)
     if net.uncertainty_activation not in ACTIVATIONS:
         raise unknown_choice("uncertainty_activation", net.uncertainty_activation, ACTIVATIONS)
-    pools = tuple(p for p in POOLINGS if p != "none")
+    pools = ("avg", "avg+max") if net.backbone == "small_resnet" else tuple(p for p in POOLINGS if p != "none")
     if net.pooling not in pools:
-        raise unknown_choice("pooling", net.pooling, pools)
+        raise ConfigError(
+            f"pooling {net.pooling!r} is not available for backbone {net.backbone!r}; valid choices: {', '.join(pools)}"
+        )
     if int(net.embed_dim) <= 0:
         raise ConfigError(f"embed_dim must be positive, got {net.embed_dim}")
     if int(net.uncertainty_dim) < 0:

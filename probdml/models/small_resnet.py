@@ -44,6 +44,7 @@ class SmallResNet(nn.Module):
     ('avg': mean over positions; 'avgmax': mean + max); a linear embedding head.
 
     Input [B, H, W, C] float; output {'embedding': [B, embed_dim], 'features': [B, widths[-1]]}.
+    `embed_dim=0` builds no embedding head (a backbone for EmbeddingNet): output {'features'} only.
     """
 
     embed_dim: int = 64
@@ -70,6 +71,8 @@ class SmallResNet(nn.Module):
         features = jnp.mean(x, axis=(1, 2))
         if self.pooling == "avgmax":
             features = features + jnp.max(x, axis=(1, 2))
+        if self.embed_dim == 0:
+            return {"features": features}
         embedding = nn.Dense(
             self.embed_dim,
             kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
