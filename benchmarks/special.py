@@ -119,7 +119,8 @@ def main() -> None:
     print("\nscipy log(ive) = -inf (underflow) over all N pairs:")
     print(f"  float64: {int(np.isinf(theirs64).sum())} ({np.isinf(theirs64).mean():.1%})   "
           f"float32: {int(np.isinf(theirs32).sum())} ({np.isinf(theirs32).mean():.1%})")
-    print(f"  probdml: {int((~np.isfinite(ours32)).sum())} non-finite (float32), {int((~np.isfinite(ours64)).sum())} (float64)")
+    bad32, bad64 = int((~np.isfinite(ours32)).sum()), int((~np.isfinite(ours64)).sum())
+    print(f"  probdml: {bad32} non-finite (float32), {bad64} (float64)")
 
     t_ours32 = timed(lambda: normalizer(x32, DIM), args.repeats)
     t_grad32 = timed(lambda: gradient(x32), args.repeats)
