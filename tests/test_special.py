@@ -6,14 +6,17 @@ Tolerances (issue 3): log C_p and log I_nu relative 1e-12 (float64) / 2e-6 (floa
 absolute 1e-12 / 1e-5 where the value is near 0 (that is, the error may be
 max(rtol |f|, atol)); A_p and R_nu relative 1e-12 / 1e-6; grad log C_p = -A_p likewise.
 
-One honest extension, ``conditioning_allowance``: where log C_p or log I_nu crosses zero
+One honest extension (``sensitivity`` in ``assert_close``): where log C_p or log I_nu crosses zero
 at large kappa (e.g. p = 1000: log C = -15.5 at kappa = 3162, p = 4096 near kappa = 1.5e4)
 the value is a difference of terms of size ~kappa, so a float32 result cannot be more
 accurate than the rounding of kappa itself allows: half an ulp of kappa moves the value
 by u |kappa f'(kappa)| (u = 2^-24; 1.6e-4 at p = 1000, kappa = 3162), far above
-2e-6 |f| = 3e-5. There the error may be u |kappa f'(kappa)| instead. Measured (this
-table): float32 log C_p errs by at most 0.21 of that allowance (3.3e-5 at p = 1000,
-kappa = 3162); float64 meets the plain tolerance everywhere but at a handful of such points.
+2e-6 |f| = 3e-5. There the error may be 4 u |kappa f'(kappa)| instead (a few roundings
+of terms of that size). Measured: on this table float32 log C_p leaves the plain
+tolerance at 1 of 1035 points (p = 1000, kappa = 3162: error 5.9e-5 = 1.9 x tolerance =
+0.36 u |kappa f'|); on 2400 random points at p = 33..4096 near the zero crossings every
+float32 error outside the plain tolerance is below 2.1 u |kappa f'(kappa)|. float64 meets
+the plain tolerance everywhere on the table (largest error 0.02 of it).
 """
 
 from __future__ import annotations
@@ -39,15 +42,16 @@ def assert_close(name, got, want, rtol, atol, dtype, sensitivity=None, context=N
     """|got - want| <= max(rtol |want|, atol[, u |sensitivity|]) elementwise; NaN fails.
 
     ``sensitivity`` = x f'(x): u |x f'(x)| (u = half the dtype's epsilon) is how far the
-    value moves when x is rounded to the dtype (see the module docstring).
+    value moves when x is rounded to the dtype; up to 4 such units are allowed (see the
+    module docstring).
     """
     got = np.asarray(got, dtype=np.float64)
     want = np.asarray(want, dtype=np.float64)
-    err = np.abs(got - want)
-    err = np.where(got == want, 0.0, err)  # equal infinities
+    with np.errstate(invalid="ignore"):
+        err = np.where(got == want, 0.0, np.abs(got - want))  # equal infinities give 0
     tol = np.maximum(rtol * np.abs(want), atol)
     if sensitivity is not None:
-        tol = np.maximum(tol, 0.5 * np.finfo(dtype).eps * np.abs(sensitivity))
+        tol = np.maximum(tol, 4 * 0.5 * np.finfo(dtype).eps * np.abs(sensitivity))
     bad = ~(err <= tol)
     if bad.any():
         worst = np.argmax(np.where(bad, err / tol, 0.0))
@@ -111,7 +115,9 @@ def test_normalizer_gradient_is_minus_mean_resultant_length(dim_results):
     dtype, out = dim_results
     _, _, ratio_rtol = TOLERANCES[dtype]
     for dim, (kappa, ref, got) in out.items():
-        assert_close(f"d log C_{dim}", got["grad_log_c"], -ref["ratio"], ratio_rtol, 0.0, dtype, context={"kappa": kappa})
+        assert_close(
+            f"d log C_{dim}", got["grad_log_c"], -ref["ratio"], ratio_rtol, 0.0, dtype, context={"kappa": kappa}
+        )
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -190,23 +196,27 @@ def test_table_agrees_with_scipy_where_scipy_is_usable():
 
 def test_values_at_zero():
     """kappa = 0 limits: log C_p(0) = -log area(S^{p-1}) (nivmf.md: 127.0535 at p = 128,
-    867.9681 at p = 512), A_p(0) = 0, A_p'(0) = 1/p; I_0(0) = 1, I_nu(0) = 0 for nu > 0."""
+    867.9681 at p = 512), A_p(0) = 0, A_p'(0) = 1/p; I_0(0) = 1, I_nu(0) = 0 for nu > 0.
+    Arrays of the table's shape reuse the compiled kernels of the other tests."""
     with jax.enable_x64(True):
+        zero = jnp.zeros(int((TABLE["dim_dim"] == DIMS[0]).sum()))
         for dim, expected in ((128, 127.0535), (512, 867.9681)):
-            value = float(special.log_vmf_normalizer(0.0, dim))
+            value = float(special.log_vmf_normalizer(zero, dim)[0])
             assert value == pytest.approx(expected, abs=5e-5)
             exact = math.lgamma(dim / 2) - math.log(2) - dim / 2 * math.log(math.pi)
             assert value == pytest.approx(exact, rel=1e-15)
-        hessian = jax.hessian(special.log_vmf_normalizer)(0.0, 512)
-        assert float(hessian) == pytest.approx(-1.0 / 512, rel=1e-14)
-        assert float(jax.grad(special.log_vmf_normalizer)(0.0, 512)) == 0.0
-        zero = jnp.zeros(3)
-        assert float(special.log_bessel_iv(0.0, zero)[0]) == 0.0
-        assert float(special.log_bessel_iv(2.5, zero)[0]) == -np.inf
-        assert np.asarray(special.log_bessel_iv(jnp.asarray([0.0, 3.0, 25.0]), zero)).tolist() == [0.0, -np.inf, -np.inf]
-        slope = jax.grad(lambda x: jnp.sum(special.log_bessel_iv(jnp.asarray([0.0, 1.0, 25.0]), x)))(zero)
-        assert np.asarray(slope).tolist() == [0.0, np.inf, np.inf]
-        assert float(special.bessel_iv_ratio(7.0, zero)[0]) == 0.0
+        assert float(jax.hessian(special.log_vmf_normalizer)(0.0, 512)) == pytest.approx(-1.0 / 512, rel=1e-14)
+        out = _dim_quantities(zero, 2)
+        assert float(out["grad_log_c"][0]) == 0.0 and float(out["a"][0]) == 0.0
+        assert float(out["log_iv"][0]) == 0.0 and float(out["grad_log_iv"][0]) == 0.0  # I_0(0) = 1, flat
+        out = _dim_quantities(zero, 8)
+        assert float(out["log_iv"][0]) == -np.inf and float(out["grad_log_iv"][0]) == np.inf
+        assert float(out["ratio"][0]) == 0.0
+        orders = jnp.zeros(TABLE["order_order"].size).at[1].set(3.0).at[2].set(25.0)
+        x = jnp.zeros_like(orders)
+        assert np.asarray(special.log_bessel_iv(orders, x))[:3].tolist() == [0.0, -np.inf, -np.inf]
+        slope = jax.grad(lambda x: jnp.sum(special.log_bessel_iv(orders, x)))(x)
+        assert np.asarray(slope)[:3].tolist() == [0.0, np.inf, np.inf]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -251,15 +261,11 @@ def test_jit_vmap_broadcast_and_traced_kappa():
         np.testing.assert_allclose(eager[row], special.log_bessel_iv(nu, kappa[0]), rtol=2e-6)
     per_row = jax.vmap(special.log_bessel_iv)(order[:, 0], jnp.broadcast_to(kappa, (3, 3)))
     np.testing.assert_allclose(per_row, eager, rtol=2e-6)
-    normalizer = jax.jit(special.log_vmf_normalizer, static_argnums=1)
-    batch = jnp.asarray([[0.5, 3.0], [40.0, 900.0]])
-    np.testing.assert_allclose(normalizer(batch, 64), special.log_vmf_normalizer(batch, 64), rtol=2e-6)
-    np.testing.assert_allclose(
-        jax.vmap(lambda k: special.log_vmf_normalizer(k, 64))(batch), special.log_vmf_normalizer(batch, 64), rtol=2e-6
-    )
-    # dim static, kappa traced inside the gradient of a composite:
-    grad = jax.grad(lambda k: jnp.sum(special.log_vmf_normalizer(k * k, 64)))(batch)
-    np.testing.assert_allclose(grad, -2 * batch * special.vmf_mean_resultant_length(batch * batch, 64), rtol=2e-6)
+    # jit with a static dim, kappa traced inside the gradient of a composite:
+    batch = jnp.asarray([[0.5, 3.0, 40.0], [900.0, 1e4, 0.0]])
+    fn = jax.jit(jax.grad(lambda k, dim: jnp.sum(special.log_vmf_normalizer(k * k, dim))), static_argnums=1)
+    want = -2 * batch * special.vmf_mean_resultant_length(batch * batch, 64)
+    np.testing.assert_allclose(fn(batch, 64), want, rtol=2e-6)
     assert special.log_bessel_iv(2, jnp.asarray([1, 2])).dtype == jnp.float32
 
 
