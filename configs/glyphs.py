@@ -10,7 +10,8 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
-    config.num_steps = 1500
+    num_steps = ml_collections.FieldReference(1500)
+    config.num_steps = num_steps
     config.log_every = 100
     config.eval_every = 500
     config.checkpoint_every = 500
@@ -20,7 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.name = "glyphs"
     config.data.data_dir = ""  # '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
     config.data.batch_size = 128
-    config.data.sampler = "m_per_class"
+    config.data.sampler = "random"  # or 'm_per_class' (slower to leave the loss plateau here)
     config.data.samples_per_class = 4
     config.data.mean = 0.1
     config.data.std = 0.25
@@ -31,7 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.widths = (16, 32, 64)
     config.model.blocks_per_stage = 1
     config.model.groups = 8
-    config.model.pooling = "avgmax"
+    config.model.pooling = "flatten"
 
     config.loss = ml_collections.ConfigDict()
     config.loss.name = "proxy_anchor"
@@ -41,11 +42,11 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.optim = ml_collections.ConfigDict()
     config.optim.name = "adamw"
-    config.optim.learning_rate = 1e-3
+    config.optim.learning_rate = 3e-3
     config.optim.weight_decay = 1e-4
     config.optim.lr_mults = {"proxies": 100.0}
     config.optim.schedule = "cosine"
-    config.optim.decay_steps = 1500
+    config.optim.decay_steps = num_steps  # follows --config.num_steps
     config.optim.grad_clip_value = 0.0  # 0 = no clipping
 
     config.eval = ml_collections.ConfigDict()

@@ -46,8 +46,9 @@ def test_small_backbone_with_semantic_and_uncertainty_heads():
                                rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("pooling,reference", [("avg+max", "avgmax"), ("avg", "avg")])
-def test_small_resnet_backbone(pooling, reference):
+@pytest.mark.parametrize("pooling,reference,width", [("avg+max", "avgmax", 16), ("avg", "avg", 16),
+                                                     ("flatten", "flatten", 16 * 4 * 4)])
+def test_small_resnet_backbone(pooling, reference, width):
     net = EmbeddingNet(backbone="small_resnet", embed_dim=6, uncertainty_dim=3, widths=(8, 16), groups=4,
                        pooling=pooling)
     variables = net.init(jax.random.key(0), IMAGES)
@@ -56,7 +57,7 @@ def test_small_resnet_backbone(pooling, reference):
     ref = SmallResNet(embed_dim=0, widths=(8, 16), groups=4, pooling=reference).apply(
         {"params": variables["params"]["backbone"]}, IMAGES)
     np.testing.assert_array_equal(out["features"], ref["features"])
-    assert out["features"].shape == (3, 16) and out["uncertainty"].shape == (3, 3)
+    assert out["features"].shape == (3, width) and out["uncertainty"].shape == (3, 3)
 
 
 def test_uncertainty_head_options_and_absence():
@@ -123,7 +124,7 @@ def test_bad_options_are_config_errors():
     with pytest.raises(ConfigError, match="pooling 'none' is not available for backbone 'small_convnet'"):
         models.build_model(ml_collections.ConfigDict(dict(name="embedding_net", pooling="none")))
     with pytest.raises(ConfigError, match="pooling 'max' is not available for backbone 'small_resnet'; valid "
-                                          "choices: avg, avg\\+max"):
+                                          "choices: flatten, avg, avg\\+max"):
         models.build_model(ml_collections.ConfigDict(dict(name="embedding_net", backbone="small_resnet", pooling="max")))
     with pytest.raises(ConfigError, match="has no option 'uncertainty_norm'; valid options: .*uncertainty_l2_normalize"):
         models.build_model(ml_collections.ConfigDict(dict(name="embedding_net", uncertainty_norm=True)))

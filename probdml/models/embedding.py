@@ -11,7 +11,8 @@ L2-normalised as in the official IDML code, specs/idml.md D1), 'features' h [B, 
 
 Backbones (`backbone`): 'small_convnet' (SmallConvNet's pooled 'features', F = `hidden`; reads
 `widths`, `hidden`), 'small_resnet' (SmallResNet's pooled features, GroupNorm, F = widths[-1]; reads
-`widths`, `blocks_per_stage`, `groups`, `pooling` 'avg' | 'avg+max') and the torchvision ResNets
+`widths`, `blocks_per_stage`, `groups`, `pooling` 'flatten' | 'avg' | 'avg+max'; F = H'W'widths[-1]
+for 'flatten') and the torchvision ResNets
 'resnet18' ... 'resnet152' (F = 512 or 2048; read `pooling`, `frozen_bn_stats`, `frozen_bn_affine`).
 
 Parameter paths (for `optim.model_groups`): 'backbone/...', 'embedding/dense/{kernel,bias}',
@@ -65,7 +66,7 @@ class EmbeddingNet(nn.Module):
       uncertainty_dim: size of the uncertainty embedding; 0 = no uncertainty head.
       uncertainty_l2_normalize, uncertainty_activation ('none' | 'relu'): the uncertainty head's options.
       widths, hidden: SmallConvNet's options; widths, blocks_per_stage, groups, pooling: SmallResNet's.
-        pooling ('avg' | 'max' | 'avg+max'), frozen_bn_stats, frozen_bn_affine: the ResNets' options.
+        (SmallResNet also 'flatten'), pooling ('avg' | 'max' | 'avg+max'), frozen_bn_stats, frozen_bn_affine: the ResNets' options.
     """
 
     backbone: str = "small_convnet"
@@ -132,7 +133,7 @@ def check_options(net: EmbeddingNet) -> None:
         raise unknown_choice("embedding head", net.head, HEADS)
     if net.uncertainty_activation not in ACTIVATIONS:
         raise unknown_choice("uncertainty_activation", net.uncertainty_activation, ACTIVATIONS)
-    pools = ("avg", "avg+max") if net.backbone == "small_resnet" else tuple(p for p in POOLINGS if p != "none")
+    pools = ("flatten", "avg", "avg+max") if net.backbone == "small_resnet" else tuple(p for p in POOLINGS if p != "none")
     if net.pooling not in pools:
         raise ConfigError(
             f"pooling {net.pooling!r} is not available for backbone {net.backbone!r}; valid choices: {', '.join(pools)}"
