@@ -21,6 +21,15 @@ TRAIN_CLASSES = range(1, 99)
 TEST_CLASSES = range(99, 197)
 ANNOTATIONS = "cars_annos.mat"
 IMAGES = ("car_ims.tgz", "car_ims")
+URL = "http://ai.stanford.edu/~jkrause/car196/"
+DEAD_URLS = (
+    "The original Stanford URLs of Cars196 are known to return HTTP 404 (tensorflow/datasets#4932, "
+    "#5053); get car_ims.tgz and cars_annos.mat from a mirror."
+)
+ARTIFACTS = (
+    manual.Artifact((ANNOTATIONS,), URL + ANNOTATIONS, DEAD_URLS),
+    manual.Artifact(IMAGES, URL + IMAGES[0], DEAD_URLS),
+)
 
 
 def read_annotations(data: bytes) -> dict[str, dict]:
@@ -45,15 +54,16 @@ def _bbox(box: tuple[int, int, int, int], height: int, width: int) -> tfds.featu
 
 # TFDS ships an image-level `cars196` builder; this one must not shadow it in tfds.builder().
 class Cars196(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """Cars196 from car_ims.tgz (or the extracted car_ims/) and cars_annos.mat in the manual directory."""
+    """Cars196 from car_ims.tgz (or the extracted car_ims/) and cars_annos.mat in the manual directory,
+    each downloaded from the original Stanford URL when not there (those URLs are dead: see DEAD_URLS)."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release: train = classes 1-98, test = classes 99-196."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = """
     Put cars_annos.mat and car_ims.tgz (or the folder car_ims/ it extracts to, holding
     000001.jpg ... 016185.jpg) from the Stanford Cars dataset
-    (https://ai.stanford.edu/~jkrause/cars/car_dataset.html; mirrors exist, the original links are
-    down) in the manual directory (default <data_dir>/downloads/manual/).
+    (https://ai.stanford.edu/~jkrause/cars/car_dataset.html; the original links return 404,
+    copies exist on mirrors) in the manual directory (default <data_dir>/downloads/manual/).
     """
 
     def __init__(self, **kwargs):
@@ -77,9 +87,7 @@ class Cars196(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-        root = manual.manual_root(dl_manager, self.name, (ANNOTATIONS, *IMAGES))
-        annotations = manual.locate(root, self.name, (ANNOTATIONS,))
-        images = manual.locate(root, self.name, IMAGES)
+        annotations, images = manual.obtain(dl_manager, self.name, ARTIFACTS)
         return {
             "train": self._generate_examples(dl_manager, annotations, images, TRAIN_CLASSES),
             "test": self._generate_examples(dl_manager, annotations, images, TEST_CLASSES),

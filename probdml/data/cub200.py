@@ -17,18 +17,21 @@ from probdml.data import manual
 TRAIN_CLASSES = range(1, 101)
 TEST_CLASSES = range(101, 201)
 SOURCES = ("CUB_200_2011.tgz", "CUB_200_2011")
+URL = "https://data.caltech.edu/records/65de6-vzc68/files/CUB_200_2011.tgz"
+ARTIFACTS = (manual.Artifact(SOURCES, URL),)
 _IMAGE = re.compile(r"CUB_200_2011/images/(\d{3})\.[^/]+/[^/]+")
 
 
 class Cub200(tfds.core.GeneratorBasedBuilder):
-    """CUB-200-2011 from the official archive (or its extracted folder) in the manual directory."""
+    """CUB-200-2011 from the official archive (or its extracted folder) in the manual directory, else
+    downloaded from data.caltech.edu."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release: train = classes 1-100, test = classes 101-200."}
-    MANUAL_DOWNLOAD_INSTRUCTIONS = """
-    Download CUB_200_2011.tgz (https://www.vision.caltech.edu/datasets/cub_200_2011/) and put it,
-    or the folder CUB_200_2011/ it extracts to (holding images/NNN.class_name/*.jpg), in the
-    manual directory (default <data_dir>/downloads/manual/).
+    MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
+    When the automatic download fails: download CUB_200_2011.tgz ({URL}) and put it, or the folder
+    CUB_200_2011/ it extracts to (holding images/NNN.class_name/*.jpg), in the manual directory
+    (default <data_dir>/downloads/manual/).
     """
 
     def __init__(self, **kwargs):
@@ -51,8 +54,7 @@ class Cub200(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-        root = manual.manual_root(dl_manager, self.name, SOURCES)
-        source = manual.locate(root, self.name, SOURCES)
+        (source,) = manual.obtain(dl_manager, self.name, ARTIFACTS)
         return {
             "train": self._generate_examples(dl_manager, source, TRAIN_CLASSES),
             "test": self._generate_examples(dl_manager, source, TEST_CLASSES),

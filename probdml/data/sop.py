@@ -20,6 +20,8 @@ from probdml.errors import ConfigError
 
 FOLDER = "Stanford_Online_Products"
 SOURCES = (f"{FOLDER}.zip", FOLDER)
+URL = f"ftp://cs.stanford.edu/cs/cvgl/{FOLDER}.zip"
+ARTIFACTS = (manual.Artifact(SOURCES, URL),)
 HEADER = ["image_id", "class_id", "super_class_id", "path"]
 SUPER_CLASSES = (
     "bicycle", "cabinet", "chair", "coffee_maker", "fan", "kettle",
@@ -47,15 +49,16 @@ def _reader(source: epath.Path) -> Iterator[Callable[[str], bytes]]:
 
 
 class Sop(tfds.core.GeneratorBasedBuilder):
-    """Stanford Online Products from Stanford_Online_Products.zip (or its folder) in the manual directory."""
+    """Stanford Online Products from Stanford_Online_Products.zip (or its folder) in the manual directory,
+    else downloaded from Stanford's FTP server."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release: train = Ebay_train.txt, test = Ebay_test.txt."}
-    MANUAL_DOWNLOAD_INSTRUCTIONS = """
-    Download Stanford_Online_Products.zip (https://cvgl.stanford.edu/projects/lifted_struct/) and
-    put it, or the folder Stanford_Online_Products/ it extracts to (holding Ebay_train.txt,
-    Ebay_test.txt and the *_final/ image folders), in the manual directory (default
-    <data_dir>/downloads/manual/).
+    MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
+    When the automatic download fails: download Stanford_Online_Products.zip ({URL}, linked from
+    https://cvgl.stanford.edu/projects/lifted_struct/) and put it, or the folder
+    Stanford_Online_Products/ it extracts to (holding Ebay_train.txt, Ebay_test.txt and the
+    *_final/ image folders), in the manual directory (default <data_dir>/downloads/manual/).
     """
 
     def __init__(self, **kwargs):
@@ -79,8 +82,7 @@ class Sop(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-        root = manual.manual_root(dl_manager, self.name, SOURCES)
-        source = manual.locate(root, self.name, SOURCES)
+        (source,) = manual.obtain(dl_manager, self.name, ARTIFACTS)
         return {
             "train": self._generate_examples(source, "Ebay_train.txt"),
             "test": self._generate_examples(source, "Ebay_test.txt"),
