@@ -23,6 +23,9 @@ Splits: 'train' and 'test' are the class-disjoint DML splits. 'train_sub' and 'v
 training classes for model selection without the test set: the classes of 'train' in increasing
 id order, the first floor(C * (1 - val_fraction)) to 'train_sub', the rest to 'val'
 (`data.val_fraction`, default 0.2, as RDML's class-wise train/validation split).
+
+An epoch is len(split) // batch_size steps for every sampler (`sampler.steps_per_epoch`; the last
+incomplete batch dropped); the configs turn epochs into steps with it.
 """
 
 from __future__ import annotations

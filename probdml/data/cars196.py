@@ -5,6 +5,16 @@ classes 99-196 (8,131 images), classes as numbered in cars_annos.mat (`annotatio
 Stanford's image-level train/test flag (`annotations.test`) is not used. `label` = class - 1
 (0..195); `bbox` is the annotated box as tfds.features.BBox (ymin, xmin, ymax, xmax in [0, 1],
 from the 1-based inclusive pixel corners bbox_x1..bbox_y2).
+
+Validation split (model selection without the test set): `probdml.data.load_split(cfg, 'train_sub')`
+and `load_split(cfg, 'val')` split the 98 `train` classes by class id, the first
+floor(98 * (1 - val_fraction)) to train_sub and the rest to val (`data.val_fraction`, default 0.2:
+78 / 20 classes); `test` is untouched. Training length: an epoch is len(split) // batch_size steps,
+whatever the sampler (`probdml.data.sampler.steps_per_epoch`; e.g. 67 steps of a batch of 120 on
+`train`).
+
+Files: cars_annos.mat and car_ims.tgz (or its folder car_ims/) from the TFDS manual directory when
+there, else downloaded (`probdml.data.manual.obtain`).
 """
 
 from __future__ import annotations

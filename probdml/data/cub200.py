@@ -4,6 +4,16 @@
 1-100 (5,864 images), `test` = classes 101-200 (5,924 images); CUB's own image-level
 train_test_split.txt is not used. `label` = class id - 1 (0..199), the class id being the number
 that prefixes the class folder (`001.Black_footed_Albatross` -> 1), as in classes.txt.
+
+Validation split (model selection without the test set): `probdml.data.load_split(cfg, 'train_sub')`
+and `load_split(cfg, 'val')` split the 100 `train` classes by class id, the first
+floor(100 * (1 - val_fraction)) to train_sub and the rest to val (`data.val_fraction`, default 0.2:
+80 / 20 classes); `test` is untouched. Training length: an epoch is len(split) // batch_size steps,
+whatever the sampler (`probdml.data.sampler.steps_per_epoch`; e.g. 48 steps of a batch of 120 on
+`train`).
+
+Files: CUB_200_2011.tgz (or its folder CUB_200_2011/) from the TFDS manual directory when there,
+else downloaded (`probdml.data.manual.obtain`).
 """
 
 from __future__ import annotations

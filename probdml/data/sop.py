@@ -3,6 +3,16 @@
 120,053 images of 22,634 products (classes) in 12 super-classes. The official split is already
 class-disjoint: `train` = Ebay_train.txt (59,551 images, classes 1-11,318), `test` = Ebay_test.txt
 (60,502 images, classes 11,319-22,634). `label` = class_id - 1, `super_class` = super_class_id - 1.
+
+Validation split (model selection without the test set): `probdml.data.load_split(cfg, 'train_sub')`
+and `load_split(cfg, 'val')` split the 11,318 `train` classes by class id, the first
+floor(11,318 * (1 - val_fraction)) to train_sub and the rest to val (`data.val_fraction`, default 0.2:
+9,054 / 2,264 classes); `test` is untouched. Training length: an epoch is len(split) // batch_size steps,
+whatever the sampler (`probdml.data.sampler.steps_per_epoch`; e.g. 496 steps of a batch of 120 on
+`train`).
+
+Files: Stanford_Online_Products.zip (or its folder) from the TFDS manual directory when there, else
+downloaded (`probdml.data.manual.obtain`).
 """
 
 from __future__ import annotations
