@@ -36,7 +36,10 @@ ARCHIVES = {
 # The official URLs, written out here rather than read from the builders.
 URLS = {
     "cub200": ["https://data.caltech.edu/records/65de6-vzc68/files/CUB_200_2011.tgz"],
-    "cars196": ["http://ai.stanford.edu/~jkrause/car196/cars_annos.mat", "http://ai.stanford.edu/~jkrause/car196/car_ims.tgz"],
+    "cars196": [
+        "http://ai.stanford.edu/~jkrause/car196/cars_annos.mat",
+        "http://ai.stanford.edu/~jkrause/car196/car_ims.tgz",
+    ],
     "sop": ["ftp://cs.stanford.edu/cs/cvgl/Stanford_Online_Products.zip"],
 }
 
@@ -200,7 +203,9 @@ def test_missing_files_and_failed_download_give_one_error(tmp_path, server, name
         message = str(info.value)
         assert message.startswith(f"{name}: {ARCHIVES[name][0]}")
         assert all(archive in message for archive in ARCHIVES[name])
-        assert f"not found in the TFDS manual directory {manual_path}, and the download from {URLS[name][0]} failed" in message
+        assert (
+            f"not found in the TFDS manual directory {manual_path}, and the download from {URLS[name][0]} failed"
+        ) in message
         assert f"(DownloadError: Failed to get url {URLS[name][0]}. HTTP code: 404.)" in message
         assert f"in {manual_path}, or point data.manual_dir" in message
         assert message.count("known to return HTTP 404") == (name == "cars196")
@@ -213,7 +218,8 @@ def test_cars_needs_both_the_annotations_and_the_images(tmp_path, server):
     manual_path = tmp_path / "manual"
     fake_archives.write_cars196(str(manual_path), {1: 1}, archive=True)
     os.remove(manual_path / "cars_annos.mat")
-    with pytest.raises(ConfigError, match=f"cars196: cars_annos.mat not found .* the download from {URLS['cars196'][0]}"):
+    expected = f"cars196: cars_annos.mat not found .* the download from {URLS['cars196'][0]}"
+    with pytest.raises(ConfigError, match=expected):
         data.load_split(_cfg("cars196", tmp_path), "train")
     fake_archives.write_cars196(str(manual_path), {1: 1}, archive=True)
     os.remove(manual_path / "car_ims.tgz")
@@ -288,7 +294,8 @@ def test_obtain_with_a_fake_download_manager(tmp_path):
         manual.Artifact(("b.zip",), "ftp://x/b.zip"),
         manual.Artifact(("c.mat",), "http://x/c.mat", "C is gone."),
     ]
-    dm = FakeDownloadManager(str(tmp_path / "manual"), {"ftp://x/b.zip": served / "b.zip", "http://x/c.mat": served / "c.mat"})
+    served_files = {"ftp://x/b.zip": served / "b.zip", "http://x/c.mat": served / "c.mat"}
+    dm = FakeDownloadManager(str(tmp_path / "manual"), served_files)
     paths = manual.obtain(dm, "toy", artifacts)
     assert paths == [tmp_path / "manual" / "a", served / "b.zip", served / "c.mat"]
     assert dm.requested == ["ftp://x/b.zip", "http://x/c.mat"]
