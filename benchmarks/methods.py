@@ -140,10 +140,10 @@ def main() -> None:
     root = args.workdir or tempfile.mkdtemp(prefix=f"{args.dataset}_methods_")
     os.makedirs(root, exist_ok=True)
     baseline = None if args.no_baseline else raw_pixel_baseline(args.dataset, args.data_dir)
-    results: dict[str, dict[int, dict[str, float]]] = {}
-    for method in args.methods:
-        for seed in args.seeds:
-            results.setdefault(method, {})[seed] = run(args.dataset, method, seed, args.steps, args.data_dir, root)
+    results: dict[str, dict[int, dict[str, float]]] = {m: {} for m in args.methods}
+    for seed in args.seeds:  # seed-major: every method has a result early
+        for method in args.methods:
+            results[method][seed] = run(args.dataset, method, seed, args.steps, args.data_dir, root)
 
     steps = args.steps or method_config(args.dataset, args.methods[0]).num_steps
     print()
