@@ -78,3 +78,46 @@ def test_unknown_recipe_is_named():
 
     with pytest.raises(ValueError, match="unknown ProxyAnchor recipe 'bs150'; valid: resnet50, bs180"):
         cub200.get_config("bs150")
+
+
+EMBEDDED = [("digits", ""), ("digits", "_idml"), ("digits", "_nivmf"),
+            ("glyphs", ""), ("glyphs", "_idml"), ("glyphs", "_nivmf")]
+
+
+@pytest.mark.parametrize("dataset,method", EMBEDDED)
+def test_embedded_configs_build_model_loss_and_optimizer(tmp_path, dataset, method):
+    config = importlib.import_module(f"configs.{dataset}{method}").get_config()
+    train.validate_config(config, str(tmp_path / "w"))
+    model = models.build_model(config.model)
+    size = 8 if dataset == "digits" else 32
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 1))))
+    obj = objective.build_objective(config.loss, 5, config.model.embed_dim)
+    params = {"model": variables["params"], "loss": jax.eval_shape(obj.init, jax.random.key(0))}
+    optim.make_optimizer(config.optim, params)
+    out = jax.eval_shape(model.apply, variables, jnp.zeros((2, size, size, 1)))
+    assert out["embedding"].shape == (2, config.model.embed_dim)
+    assert ("uncertainty" in out) == (method == "_idml")
+
+
+@pytest.mark.parametrize("dataset", ["digits", "glyphs"])
+def test_embedded_methods_share_data_network_and_budget(dataset):
+    """benchmarks/methods.py compares the three methods under one budget: same data, batch, steps,
+    schedule and backbone; only the heads, the loss and Mixup differ."""
+    base, idml, nivmf = (importlib.import_module(f"configs.{dataset}{m}").get_config() for m in ("", "_idml", "_nivmf"))
+    for other in (idml, nivmf):
+        assert other.data.to_dict() == base.data.to_dict()
+        assert (other.num_steps, other.seed, other.optim.learning_rate, other.optim.schedule) == (
+            base.num_steps, base.seed, base.optim.learning_rate, base.optim.schedule)
+        assert other.model.embed_dim == base.model.embed_dim or dataset == "digits"
+        for key in ("widths", "blocks_per_stage", "groups", "pooling", "hidden"):
+            if key in base.model:
+                assert other.model[key] == base.model[key], key
+    assert idml.mixup.enabled and not base.get("mixup", {}).get("enabled", False)
+
+
+def test_glyphs_schedule_follows_the_number_of_steps():
+    from configs import glyphs_nivmf
+
+    config = glyphs_nivmf.get_config()
+    config.num_steps = 321
+    assert config.optim.decay_steps == 321
