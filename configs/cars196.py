@@ -16,26 +16,8 @@ Recipes (the config string):
 
 import ml_collections
 
-from probdml.recipes import idml_retrieval_config
-
-TRAIN_IMAGES = 8054  # images of classes 1-98
-RECIPES = {
-    "resnet50": dict(batch_size=120, warm_epochs=5, lr_step_epochs=10),
-    "bs180": dict(batch_size=180, warm_epochs=1, lr_step_epochs=20),
-}
+from probdml.recipes import proxy_anchor_config
 
 
 def get_config(recipe: str = "resnet50") -> ml_collections.ConfigDict:
-    recipe = recipe or "resnet50"
-    if recipe not in RECIPES:
-        raise ValueError(f"unknown ProxyAnchor recipe {recipe!r}; valid: {', '.join(RECIPES)}")
-    return idml_retrieval_config(
-        "pa_baseline",
-        dataset="cars196",
-        train_images=TRAIN_IMAGES,
-        learning_rate=1e-4,
-        lr_gamma=0.5,
-        ks=(1, 2, 4, 8),
-        epochs=60,
-        **RECIPES[recipe],
-    )
+    return proxy_anchor_config("cars196", recipe)

@@ -24,26 +24,8 @@ DIR is a directory written by `python -m probdml.models.convert` (torchvision Re
 
 import ml_collections
 
-from probdml.recipes import idml_retrieval_config
-
-TRAIN_IMAGES = 5864  # images of classes 1-100
-RECIPES = {
-    "resnet50": dict(batch_size=120, warm_epochs=5, lr_step_epochs=5),
-    "bs180": dict(batch_size=180, warm_epochs=1, lr_step_epochs=10),
-}
+from probdml.recipes import proxy_anchor_config
 
 
 def get_config(recipe: str = "resnet50") -> ml_collections.ConfigDict:
-    recipe = recipe or "resnet50"
-    if recipe not in RECIPES:
-        raise ValueError(f"unknown ProxyAnchor recipe {recipe!r}; valid: {', '.join(RECIPES)}")
-    return idml_retrieval_config(
-        "pa_baseline",
-        dataset="cub200",
-        train_images=TRAIN_IMAGES,
-        learning_rate=1e-4,
-        lr_gamma=0.5,
-        ks=(1, 2, 4, 8),
-        epochs=60,
-        **RECIPES[recipe],
-    )
+    return proxy_anchor_config("cub200", recipe)

@@ -13,25 +13,8 @@ k-means clustering metrics (11,316 clusters; --config.eval.clustering=True adds 
 
 import ml_collections
 
-from probdml.recipes import idml_retrieval_config
-
-TRAIN_IMAGES = 59551  # Ebay_train.txt
+from probdml.recipes import proxy_anchor_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = idml_retrieval_config(
-        "pa_baseline",
-        dataset="sop",
-        train_images=TRAIN_IMAGES,
-        learning_rate=6e-4,
-        lr_step_epochs=20,
-        lr_gamma=0.25,
-        ks=(1, 10, 100, 1000),
-        eval_every_epochs=5,
-        batch_size=180,
-        epochs=60,
-        warm_epochs=1,
-    )
-    config.model.frozen_bn_stats = False
-    config.eval.clustering = False
-    return config
+    return proxy_anchor_config("sop")

@@ -157,3 +157,39 @@ def idml_retrieval_config(
     config.eval.clustering = True
     config.eval.batch_size = 256
     return config
+
+
+# ProxyAnchor's official recipes on ResNet-50 (Kim et al., CVPR 2020; tjddus9597/Proxy-Anchor-CVPR2020
+# README commands and train.py defaults): 60 epochs, AdamW lr 1e-4 (SOP 6e-4), StepLR per epoch.
+PROXY_ANCHOR_RECIPES: dict[str, dict[str, dict]] = {
+    "cub200": {
+        "resnet50": dict(batch_size=120, warm_epochs=5, lr_step_epochs=5),
+        "bs180": dict(batch_size=180, warm_epochs=1, lr_step_epochs=10),
+    },
+    "cars196": {
+        "resnet50": dict(batch_size=120, warm_epochs=5, lr_step_epochs=10),
+        "bs180": dict(batch_size=180, warm_epochs=1, lr_step_epochs=20),
+    },
+    "sop": {
+        "resnet50": dict(batch_size=180, warm_epochs=1, lr_step_epochs=20, learning_rate=6e-4, lr_gamma=0.25,
+                         ks=(1, 10, 100, 1000), eval_every_epochs=5),
+    },
+}
+# Images of the training classes (CUB: classes 1-100; Cars196: classes 1-98; SOP: Ebay_train.txt).
+TRAIN_IMAGES = {"cub200": 5864, "cars196": 8054, "sop": 59551}
+
+
+def proxy_anchor_config(dataset: str, recipe: str = "resnet50") -> ml_collections.ConfigDict:
+    """The official ProxyAnchor baseline `recipe` on `dataset` (PROXY_ANCHOR_RECIPES), built by
+    `idml_retrieval_config('pa_baseline', ...)`: the IDML protocol pieces without IDML. SOP trains its
+    BatchNorm statistics (`--bn-freeze 0`) and evaluates without clustering, as the official command."""
+    recipes = PROXY_ANCHOR_RECIPES[dataset]
+    recipe = recipe or "resnet50"
+    if recipe not in recipes:
+        raise ValueError(f"unknown ProxyAnchor recipe {recipe!r}; valid: {', '.join(recipes)}")
+    options = dict(learning_rate=1e-4, lr_gamma=0.5, ks=(1, 2, 4, 8), epochs=60) | recipes[recipe]
+    config = idml_retrieval_config("pa_baseline", dataset=dataset, train_images=TRAIN_IMAGES[dataset], **options)
+    if dataset == "sop":
+        config.model.frozen_bn_stats = False
+        config.eval.clustering = False
+    return config
