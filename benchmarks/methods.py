@@ -139,7 +139,16 @@ def main() -> None:
 
     root = args.workdir or tempfile.mkdtemp(prefix=f"{args.dataset}_methods_")
     os.makedirs(root, exist_ok=True)
-    baseline = None if args.no_baseline else raw_pixel_baseline(args.dataset, args.data_dir)
+    baseline = None
+    if not args.no_baseline:
+        cached = os.path.join(root, "raw_pixel_baseline.json")
+        if os.path.exists(cached):
+            with open(cached) as f:
+                baseline = json.load(f)
+        else:
+            baseline = raw_pixel_baseline(args.dataset, args.data_dir)
+            with open(cached, "w") as f:
+                json.dump(baseline, f, indent=1)
     results: dict[str, dict[int, dict[str, float]]] = {m: {} for m in args.methods}
     for seed in args.seeds:  # seed-major: every method has a result early
         for method in args.methods:
