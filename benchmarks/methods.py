@@ -64,19 +64,19 @@ def run(dataset: str, method: str, seed: int, steps: int, data_dir: str, root: s
     from probdml import train
 
     workdir = os.path.join(root, f"{method}_{seed}")
-    done = os.path.join(workdir, "final_metrics.json")
-    if os.path.exists(done):
-        with open(done) as f:
-            metrics = json.load(f)
-        if steps <= 0 or metrics.get("step") == steps:
-            print(f"{method} seed {seed}: read back from {done}", flush=True)
-            return metrics
     config = method_config(dataset, method)
     config.seed = seed
     if steps > 0:
         config.num_steps = steps
         if "decay_steps" in config.optim:
             config.optim.decay_steps = steps
+    done = os.path.join(workdir, "benchmark_result.json")
+    if os.path.exists(done):
+        with open(done) as f:
+            metrics = json.load(f)
+        if metrics.get("steps") == config.num_steps:
+            print(f"{method} seed {seed}: read back from {done}", flush=True)
+            return metrics
     config.data.data_dir = data_dir
     config.eval_every = config.num_steps
     config.checkpoint_every = max(config.num_steps // 5, 1)
@@ -84,7 +84,7 @@ def run(dataset: str, method: str, seed: int, steps: int, data_dir: str, root: s
     config.eval.clustering = True
     t0 = time.perf_counter()
     metrics = train.train_and_evaluate(config, workdir)
-    metrics = {**metrics, "seconds": time.perf_counter() - t0}
+    metrics = {**metrics, "steps": config.num_steps, "seconds": time.perf_counter() - t0}
     with open(done, "w") as f:
         json.dump(metrics, f, indent=1)
     return metrics
@@ -139,6 +139,11 @@ def main() -> None:
 
     root = args.workdir or tempfile.mkdtemp(prefix=f"{args.dataset}_methods_")
     os.makedirs(root, exist_ok=True)
+    results: dict[str, dict[int, dict[str, float]]] = {m: {} for m in args.methods}
+    for seed in args.seeds:  # seed-major: every method has a result early
+        for method in args.methods:
+            results[method][seed] = run(args.dataset, method, seed, args.steps, args.data_dir, root)
+
     baseline = None
     if not args.no_baseline:
         cached = os.path.join(root, "raw_pixel_baseline.json")
@@ -149,11 +154,6 @@ def main() -> None:
             baseline = raw_pixel_baseline(args.dataset, args.data_dir)
             with open(cached, "w") as f:
                 json.dump(baseline, f, indent=1)
-    results: dict[str, dict[int, dict[str, float]]] = {m: {} for m in args.methods}
-    for seed in args.seeds:  # seed-major: every method has a result early
-        for method in args.methods:
-            results[method][seed] = run(args.dataset, method, seed, args.steps, args.data_dir, root)
-
     steps = args.steps or method_config(args.dataset, args.methods[0]).num_steps
     print()
     print(f"{args.dataset}: unseen test classes, final step ({steps} steps); mean ± std over seeds "
