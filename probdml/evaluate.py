@@ -12,6 +12,17 @@ from jax.sharding import Mesh
 
 from probdml import metrics, parallel
 from probdml.data.pipeline import Dataset, eval_batches
+from probdml.errors import unknown_choice
+
+EVAL_METRICS = metrics.METRICS
+
+
+def knn_metric(name: str) -> str | metrics.SimilarityFn:
+    """The `metrics.knn` metric for the config value `eval.metric` (one of EVAL_METRICS); an unknown
+    name raises a ConfigError listing the valid choices."""
+    if name not in EVAL_METRICS:
+        raise unknown_choice("eval metric", name, EVAL_METRICS)
+    return name
 
 
 def embed(
@@ -50,7 +61,7 @@ def evaluate_outputs(
     precision@1, r_precision, map@r; exact kNN with `eval_cfg.metric`), plus NMI, AMI and pairwise
     F1 of k-means with as many clusters as classes when `eval_cfg.clustering` is set."""
     result = metrics.retrieval_metrics(
-        outputs["embedding"], labels, ks=tuple(eval_cfg.ks), metric=eval_cfg.metric, mesh=mesh
+        outputs["embedding"], labels, ks=tuple(eval_cfg.ks), metric=knn_metric(eval_cfg.metric), mesh=mesh
     )
     if eval_cfg.get("clustering", False):
         result.update(
