@@ -14,12 +14,14 @@ from probdml import metrics, parallel
 from probdml.data.pipeline import Dataset, eval_batches
 from probdml.errors import unknown_choice
 
-EVAL_METRICS = metrics.METRICS
+# eval.metric: cosine (the default of the DML literature), euclidean, dot, or el_vmf: images ranked by
+# the log expected-likelihood kernel between their vMFs (mu = e/|e|, kappa = |e|; metrics.el_vmf_similarity).
+EVAL_METRICS = metrics.METRICS + tuple(metrics.PAIRWISE)
 
 
-def knn_metric(name: str) -> str | metrics.SimilarityFn:
-    """The `metrics.knn` metric for the config value `eval.metric` (one of EVAL_METRICS); an unknown
-    name raises a ConfigError listing the valid choices."""
+def knn_metric(name: str) -> str:
+    """The config value `eval.metric`, checked: one of EVAL_METRICS (all accepted by `metrics.knn`); an
+    unknown name raises a ConfigError listing the valid choices."""
     if name not in EVAL_METRICS:
         raise unknown_choice("eval metric", name, EVAL_METRICS)
     return name
@@ -58,15 +60,17 @@ def evaluate_outputs(
     mesh: Mesh | None = None,
 ) -> dict[str, float]:
     """Leave-one-out retrieval metrics of the 'embedding' output (recall@K for `eval_cfg.ks`,
-    precision@1, r_precision, map@r; exact kNN with `eval_cfg.metric`), plus NMI, AMI and pairwise
-    F1 of k-means with as many clusters as classes when `eval_cfg.clustering` is set."""
+    precision@1, r_precision, map@r; exact blocked kNN with `eval_cfg.metric`, one of EVAL_METRICS), plus
+    NMI, AMI and pairwise F1 of k-means with as many clusters as classes when `eval_cfg.clustering` is set
+    (on the directions for 'cosine' and 'el_vmf', whose modes are the directions; else on the raw vectors)."""
     result = metrics.retrieval_metrics(
         outputs["embedding"], labels, ks=tuple(eval_cfg.ks), metric=knn_metric(eval_cfg.metric), mesh=mesh
     )
     if eval_cfg.get("clustering", False):
         result.update(
             metrics.clustering_metrics(
-                outputs["embedding"], labels, metric="cosine" if eval_cfg.metric == "cosine" else "euclidean", n_init=3
+                outputs["embedding"], labels, metric="cosine" if eval_cfg.metric in ("cosine", "el_vmf") else "euclidean",
+                n_init=3,
             )
         )
     return result

@@ -157,7 +157,7 @@ def _base(dataset: str, dim: int, batch_size: int, epochs: int, milestones, gamm
 
     config.eval = ml_collections.ConfigDict()
     config.eval.ks = (1, 2, 4, 8) if dataset != "sop" else (1, 10, 100, 1000)
-    config.eval.metric = "cosine"
+    config.eval.metric = "cosine"  # or "el_vmf": EL kernel between the image vMFs (probdml.evaluate.EVAL_METRICS)
     config.eval.clustering = dataset != "sop"
     config.eval.batch_size = 256
     return config
