@@ -67,10 +67,9 @@ def evaluate_outputs(
         outputs["embedding"], labels, ks=tuple(eval_cfg.ks), metric=knn_metric(eval_cfg.metric), mesh=mesh
     )
     if eval_cfg.get("clustering", False):
+        directions = eval_cfg.metric in ("cosine", "el_vmf")
         result.update(
-            metrics.clustering_metrics(
-                outputs["embedding"], labels, metric="cosine" if eval_cfg.metric in ("cosine", "el_vmf") else "euclidean",
-                n_init=3,
-            )
+            metrics.clustering_metrics(outputs["embedding"], labels, metric="cosine" if directions else "euclidean",
+                                       n_init=3)
         )
     return result

@@ -16,7 +16,8 @@ def mp_log_c(kappa, p):
     nu = mpmath.mpf(p) / 2 - 1
     if kappa == 0:
         return mpmath.loggamma(mpmath.mpf(p) / 2) - mpmath.log(2) - mpmath.mpf(p) / 2 * mpmath.log(mpmath.pi)
-    return nu * mpmath.log(kappa) - mpmath.mpf(p) / 2 * mpmath.log(2 * mpmath.pi) - mpmath.log(mpmath.besseli(nu, kappa))
+    log_2pi = mpmath.log(2 * mpmath.pi)
+    return nu * mpmath.log(kappa) - mpmath.mpf(p) / 2 * log_2pi - mpmath.log(mpmath.besseli(nu, kappa))
 
 
 def brute_force_el(x: np.ndarray) -> np.ndarray:
@@ -86,7 +87,8 @@ def test_eval_metric_config(data, tmp_path):
     out = evaluate.evaluate_outputs({"embedding": x}, labels, cfg)
     assert out["recall@1"] == pytest.approx(np.mean(labels[np.argmax(ref, axis=1)] == labels))
     cfg.metric = "mahalanobis"
-    with pytest.raises(ConfigError, match="unknown eval metric 'mahalanobis'; valid choices: cosine, dot, el_vmf, euclidean"):
+    with pytest.raises(ConfigError, match="unknown eval metric 'mahalanobis'; valid choices: cosine, dot, el_vmf, "
+                                          "euclidean"):
         evaluate.evaluate_outputs({"embedding": x}, labels, cfg)
     config = digits.get_config()
     config.eval.metric = "el_vmf"

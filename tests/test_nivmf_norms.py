@@ -117,6 +117,8 @@ def test_norm_correctness_hand_case():
     assert out["bins"]["recall@1"] == [0.0, 1.0] and out["bins"]["count"] == [2, 2]
     tie = norms_mod.norm_correctness(np.array([1.0, 1.0, 2.0]), np.array([True, False, True]), num_bins=1)
     assert tie["auroc_norm_as_certainty"] == pytest.approx(0.75)  # pairs (c1, w): tie 1/2; (c3, w): 1
+    unit = norms_mod.norm_correctness(1.0 + 1e-8 * np.arange(4.0), np.array([False, True, False, True]), num_bins=2)
+    assert all(math.isnan(unit[k]) for k in ("pearson", "spearman", "auroc_norm_as_certainty"))  # normalised
     with pytest.raises(ValueError, match="equal length"):
         norms_mod.norm_correctness(np.ones(3), np.ones(2, bool))
 

@@ -132,8 +132,9 @@ def max_relative_deviation(x: np.ndarray, y: np.ndarray, floor: float = 1e-6) ->
 def norm_correctness(norms: np.ndarray, correct: np.ndarray, num_bins: int = 5) -> dict[str, Any]:
     """Norm against retrieval correctness: recall@1 (mean of `correct`) in `num_bins` norm-quantile bins,
     the Pearson (point-biserial) and Spearman correlations of norm and correctness, and the AUROC of the
-    norm as a certainty score (P(norm of a correct query > norm of a wrong one), ties 1/2; NaN if all
-    queries are correct or all wrong)."""
+    norm as a certainty score (P(norm of a correct query > norm of a wrong one), ties 1/2). All three are
+    NaN when the norms are constant to 1e-5 relative (normalised embeddings, whose norms differ only by
+    round-off), and when all queries are correct or all wrong."""
     from probdml import metrics
 
     norms = np.asarray(norms, np.float64)
@@ -150,12 +151,12 @@ def norm_correctness(norms: np.ndarray, correct: np.ndarray, num_bins: int = 5) 
         bins["count"].append(int(sel.sum()))
         bins["mean_norm"].append(float(norms[sel].mean()) if sel.any() else float("nan"))
         bins["recall@1"].append(float(ok[sel].mean()) if sel.any() else float("nan"))
-    varied = ok.any() and not ok.all() and np.ptp(norms) > 0
+    varied = ok.any() and not ok.all() and np.ptp(norms) > 1e-5 * np.max(np.abs(norms))
     return {
         "recall@1": float(ok.mean()),
         "pearson": float(np.corrcoef(norms, ok.astype(np.float64))[0, 1]) if varied else float("nan"),
         "spearman": float(stats.spearmanr(norms, ok).statistic) if varied else float("nan"),
-        "auroc_norm_as_certainty": metrics.uncertainty_auroc(-norms, ok),
+        "auroc_norm_as_certainty": metrics.uncertainty_auroc(-norms, ok) if varied else float("nan"),
         "bins": bins,
     }
 
@@ -309,7 +310,8 @@ def analyze(workdir: str, out_dir: str, *, num_samples: int = 512, num_shown: in
     config = read_run_config(workdir)
     name = config.loss.get("similarity", "cosine")
     if name not in ANALYSED_SIMILARITIES:
-        raise ValueError(f"the run's similarity is {name!r}; this analysis needs one of {', '.join(ANALYSED_SIMILARITIES)}")
+        raise ValueError(f"the run's similarity is {name!r}; this analysis needs one of "
+                         f"{', '.join(ANALYSED_SIMILARITIES)}")
     sim_fn, inside, described = _kernel(config)
     model, state, train_ds = load_checkpoint(config, workdir)
     test_ds = data.load_split(config.data, "test")
@@ -388,7 +390,8 @@ def _plot_extremes(path, ds, norms, labels, correct, k, classes_shown) -> None:
 
     classes = np.unique(labels)
     classes = classes[np.linspace(0, len(classes) - 1, min(classes_shown, len(classes))).round().astype(int)]
-    rows = [("all", extreme_indices(norms, k))] + [(f"class {c}", extreme_indices(norms, k, labels, c)) for c in classes]
+    rows = [("all", extreme_indices(norms, k))]
+    rows += [(f"class {c}", extreme_indices(norms, k, labels, c)) for c in classes]
     fig = Figure(figsize=(1.1 * 2 * k + 1.0, 1.3 * len(rows)), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(rows), 2 * k, squeeze=False)
@@ -497,12 +500,12 @@ def main(argv: Sequence[str]) -> None:
                          classes_shown=f.classes_shown, seed=f.seed)
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e).splitlines()[0])
+    sample = result["train_sample"]
     print(json.dumps({"out": os.path.abspath(out), "step": result["step"],
                       "test_recall@1": result["test"]["recall@1"], "pearson": result["test"]["pearson"],
                       "auroc_norm_as_certainty": result["test"]["auroc_norm_as_certainty"],
-                      "max_rel_dev_entropy_slope": result["train_sample"]["temperature"]["max_rel_dev_entropy_slope"],
-                      "max_rel_dev_loss_gradient": result["train_sample"]["gradient_scale"]["max_rel_dev_loss_gradient"]},
-                     indent=1))
+                      "max_rel_dev_entropy_slope": sample["temperature"]["max_rel_dev_entropy_slope"],
+                      "max_rel_dev_loss_gradient": sample["gradient_scale"]["max_rel_dev_loss_gradient"]}, indent=1))
 
 
 def _define_flags() -> None:
