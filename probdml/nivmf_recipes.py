@@ -20,7 +20,8 @@ lists every run:
                           el_niso, el_iso, bhattacharyya_iso, kl_iso, loglik_niso, l2_iso, cosine_iso):
                           quadratic log C_p fit, clamped kappas, +KL without A_p, the 10-sample Monte
                           Carlo EL-nivMF with the temperature inside, and warm start / init_norm_multiplier
-                          only where the official code applies them (C13).
+                          only where the official code applies them (C13). The temperature stays
+                          log-parameterised (the official T is unconstrained and can cross 0, C8).
 
 SOP has no official recipe (specs/nivmf.md C12): its 'r128'/'r512' values are CUB's, NOT the official code's.
 The Figure-5 protocol is the official CUB one, applied unchanged to every dataset and dimension.
