@@ -4,13 +4,18 @@ Every method trains the same network on the same data for the same number of ste
 batch size; only the loss/similarity (and, for IDML, the uncertainty head and Mixup) differ. Each run
 evaluates once, after its last step, on the unseen test classes (no best-checkpoint selection: final
 numbers): recall@1/2/4/8, MAP@R and the NMI of k-means with as many clusters as test classes. The
-raw-pixel baseline is cosine kNN and k-means on the flattened test images.
+raw-pixel baseline is cosine kNN and k-means on the flattened test images. For every run the final
+checkpoint's test embeddings also give the norm against 1-NN correctness (the run's eval metric):
+Pearson (point-biserial) correlation and the AUROC of the norm as a certainty score
+(probdml.analysis.nivmf_norms.norm_correctness; NaN for L2-normalised embeddings), and the number of
+optimizer steps skipped for non-finite gradients (runs with skip_nonfinite_updates).
 
 Methods (configs/<dataset>*.py):
 
   proxy_anchor        configs/<dataset>.py                ProxyAnchor, cosine
   idml_proxy_anchor   configs/<dataset>_idml.py           IDML-ProxyAnchor: uncertainty head, ISM, Mixup
   el_nivmf            configs/<dataset>_nivmf.py          EL-nivMF: vMF images, nivMF proxies, ProxyNCA++
+  el_nivmf_d16        configs/<dataset>_nivmf.py, dim 16  (digits_nivmf's default dim is 128, glyphs' 64)
   proxy_anchor_mixup  configs/<dataset>.py + Mixup        ablation: Mixup without the ISM
   idml_compat         configs/<dataset>_idml.py:compat    the official code's ISM
 
@@ -37,7 +42,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 DATASETS = ("glyphs", "digits")
-METHODS = ("proxy_anchor", "idml_proxy_anchor", "el_nivmf", "proxy_anchor_mixup", "idml_compat")
+METHODS = ("proxy_anchor", "idml_proxy_anchor", "el_nivmf", "el_nivmf_d16", "proxy_anchor_mixup", "idml_compat")
 COLUMNS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "nmi")
 
 
@@ -54,8 +59,11 @@ def method_config(dataset: str, method: str):
         return config
     if method in ("idml_proxy_anchor", "idml_compat"):
         return importlib.import_module(f"configs.{dataset}_idml").get_config("compat" if method == "idml_compat" else "")
-    if method == "el_nivmf":
-        return importlib.import_module(f"configs.{dataset}_nivmf").get_config()
+    if method in ("el_nivmf", "el_nivmf_d16"):
+        config = importlib.import_module(f"configs.{dataset}_nivmf").get_config()
+        if method == "el_nivmf_d16":
+            config.model.embed_dim = 16
+        return config
     raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
 
 
@@ -84,10 +92,37 @@ def run(dataset: str, method: str, seed: int, steps: int, data_dir: str, root: s
     config.eval.clustering = True
     t0 = time.perf_counter()
     metrics = train.train_and_evaluate(config, workdir)
-    metrics = {**metrics, "steps": config.num_steps, "seconds": time.perf_counter() - t0}
+    seconds = time.perf_counter() - t0
+    metrics = {**metrics, **norm_statistics(workdir), "steps": config.num_steps, "seconds": seconds}
     with open(done, "w") as f:
         json.dump(metrics, f, indent=1)
     return metrics
+
+
+def norm_statistics(workdir: str) -> dict[str, float]:
+    """Norm vs 1-NN correctness of the final checkpoint's test embeddings, and the skipped steps."""
+    import jax
+    import numpy as np
+
+    from probdml import data, evaluate, metrics, parallel
+    from probdml.analysis.gradients import read_run_config
+    from probdml.analysis.nivmf_norms import load_checkpoint, norm_correctness
+
+    config = read_run_config(workdir)
+    model, state, _ = load_checkpoint(config, workdir)
+    test_ds = data.load_split(config.data, "test")
+    variables = {"params": state.params["model"], **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
+    apply = jax.jit(lambda x: model.apply(variables, x, train=False))
+    mesh = parallel.make_mesh(1)
+    emb = evaluate.embed(apply, config.data, test_ds, int(config.eval.batch_size), mesh)["embedding"]
+    _, idx = metrics.knn(emb, None, 1, metric=evaluate.knn_metric(config.eval.metric), mesh=mesh)
+    labels = np.asarray(test_ds.labels)
+    stats = norm_correctness(np.linalg.norm(emb.astype(np.float64), axis=-1), labels[idx[:, 0]] == labels)
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    skipped = max((r.get("train/skipped_steps", 0) for r in rows), default=0)
+    return {"norm_pearson": stats["pearson"], "norm_auroc": stats["auroc_norm_as_certainty"],
+            "skipped_steps": float(skipped)}
 
 
 def raw_pixel_baseline(dataset: str, data_dir: str) -> dict[str, float]:
@@ -111,16 +146,25 @@ def _mean_sd(values: list[float]) -> str:
 
 
 def table(results: dict[str, dict[int, dict[str, float]]], baseline: dict[str, float] | None) -> str:
-    """A markdown table: mean ± sample standard deviation over seeds of each column, wall minutes per run."""
-    lines = ["| method | seeds | " + " | ".join(COLUMNS) + " | min/run |", "|---" * (len(COLUMNS) + 3) + "|"]
+    """A markdown table: mean ± sample standard deviation over seeds of each column; mean norm-correctness
+    Pearson r and AUROC, most skipped steps, wall minutes per run (where the runs recorded them)."""
+    extra = ("norm r", "norm AUROC", "skipped", "min/run")
+    lines = ["| method | seeds | " + " | ".join((*COLUMNS, *extra)) + " |", "|---" * (len(COLUMNS) + len(extra) + 2) + "|"]
+
+    def summary(runs: list[dict[str, float]], key: str, reduce, fmt: str) -> str:
+        values = [r[key] for r in runs if key in r]
+        return format(reduce(values), fmt) if len(values) == len(runs) else "-"
+
     for method, by_seed in results.items():
         runs = list(by_seed.values())
         cells = [_mean_sd([r[c] for r in runs]) for c in COLUMNS]
-        minutes = [r["seconds"] / 60 for r in runs if "seconds" in r]
-        wall = f"{statistics.mean(minutes):.1f}" if minutes else "-"
-        lines.append(f"| {method} | {len(runs)} | " + " | ".join(cells) + f" | {wall} |")
+        cells += [summary(runs, "norm_pearson", statistics.mean, ".3f"), summary(runs, "norm_auroc", statistics.mean, ".3f"),
+                  summary(runs, "skipped_steps", max, ".0f"),
+                  summary(runs, "seconds", lambda v: statistics.mean(v) / 60, ".1f")]
+        lines.append(f"| {method} | {len(runs)} | " + " | ".join(cells) + " |")
     if baseline is not None:
-        lines.append("| raw pixels (cosine) | - | " + " | ".join(f"{baseline[c]:.4f}" for c in COLUMNS) + " | - |")
+        lines.append("| raw pixels (cosine) | - | " + " | ".join(f"{baseline[c]:.4f}" for c in COLUMNS)
+                     + " | - | - | - | - |")
     return "\n".join(lines)
 
 

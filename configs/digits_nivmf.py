@@ -2,7 +2,8 @@
 
 Images are vMF(e/|e|, |e|) of the raw SmallConvNet embedding; class proxies are nivMFs (direction and
 per-axis concentrations); the similarity is the exact EL kernel (closed form of the reference_linear
-nivMF), inside ProxyNCA++ with a learnable temperature (log T). Retrieval uses the cosine.
+nivMF), inside ProxyNCA++ with a learnable temperature (log T). Retrieval uses the cosine;
+`--config.eval.metric=el_vmf` ranks by the EL kernel between the image vMFs instead.
 """
 
 import ml_collections

@@ -12,6 +12,19 @@ from jax.sharding import Mesh
 
 from probdml import metrics, parallel
 from probdml.data.pipeline import Dataset, eval_batches
+from probdml.errors import unknown_choice
+
+# eval.metric: cosine (the default of the DML literature), euclidean, dot, or el_vmf: images ranked by
+# the log expected-likelihood kernel between their vMFs (mu = e/|e|, kappa = |e|; metrics.el_vmf_similarity).
+EVAL_METRICS = metrics.METRICS + tuple(metrics.PAIRWISE)
+
+
+def knn_metric(name: str) -> str:
+    """The config value `eval.metric`, checked: one of EVAL_METRICS (all accepted by `metrics.knn`); an
+    unknown name raises a ConfigError listing the valid choices."""
+    if name not in EVAL_METRICS:
+        raise unknown_choice("eval metric", name, EVAL_METRICS)
+    return name
 
 
 def embed(
@@ -47,15 +60,16 @@ def evaluate_outputs(
     mesh: Mesh | None = None,
 ) -> dict[str, float]:
     """Leave-one-out retrieval metrics of the 'embedding' output (recall@K for `eval_cfg.ks`,
-    precision@1, r_precision, map@r; exact kNN with `eval_cfg.metric`), plus NMI, AMI and pairwise
-    F1 of k-means with as many clusters as classes when `eval_cfg.clustering` is set."""
+    precision@1, r_precision, map@r; exact blocked kNN with `eval_cfg.metric`, one of EVAL_METRICS), plus
+    NMI, AMI and pairwise F1 of k-means with as many clusters as classes when `eval_cfg.clustering` is set
+    (on the directions for 'cosine' and 'el_vmf', whose modes are the directions; else on the raw vectors)."""
     result = metrics.retrieval_metrics(
-        outputs["embedding"], labels, ks=tuple(eval_cfg.ks), metric=eval_cfg.metric, mesh=mesh
+        outputs["embedding"], labels, ks=tuple(eval_cfg.ks), metric=knn_metric(eval_cfg.metric), mesh=mesh
     )
     if eval_cfg.get("clustering", False):
+        directions = eval_cfg.metric in ("cosine", "el_vmf")
         result.update(
-            metrics.clustering_metrics(
-                outputs["embedding"], labels, metric="cosine" if eval_cfg.metric == "cosine" else "euclidean", n_init=3
-            )
+            metrics.clustering_metrics(outputs["embedding"], labels, metric="cosine" if directions else "euclidean",
+                                       n_init=3)
         )
     return result

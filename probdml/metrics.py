@@ -34,7 +34,7 @@ from jax.sharding import PartitionSpec as P
 from scipy import stats
 from sklearn import metrics as sk_metrics
 
-from probdml import similarity
+from probdml import similarity, special
 
 SimilarityFn = Callable[[Any, Any], jax.Array]
 """A pairwise similarity ``sim(q_block, r_block) -> [bq, br]`` (higher = nearer); blocks are
@@ -60,6 +60,27 @@ KMEANS_INITS = ("random", "k-means++")
 # ----------------------------------------------------------------------------------------------
 # Exact blocked k-nearest-neighbour search
 # ----------------------------------------------------------------------------------------------
+
+
+def el_vmf_similarity(q: jax.Array, r: jax.Array) -> jax.Array:
+    """log expected-likelihood kernel between image vMFs (mu = e/|e|, kappa = |e|), [bq, br] nats:
+
+    log int vMF(x; q) vMF(x; r) dx = log C_p(|q|) + log C_p(|r|) - log C_p(|q + r|),
+    |q + r| = sqrt(|q|^2 + |r|^2 + 2 q.r)  (specs/nivmf.md D2 between two images). Not an inner product
+    of fixed features: `knn` evaluates it block by block.
+    """
+    p = q.shape[-1]
+    qn = jnp.sum(q * q, axis=-1)
+    rn = jnp.sum(r * r, axis=-1)
+    dot = jnp.matmul(q, r.T, precision=jax.lax.Precision.HIGHEST)
+    resultant = similarity.safe_sqrt(qn[:, None] + rn[None, :] + 2.0 * dot)
+    own = special.log_vmf_normalizer(similarity.safe_sqrt(qn), p)[:, None] + special.log_vmf_normalizer(
+        similarity.safe_sqrt(rn), p)[None, :]
+    return own - special.log_vmf_normalizer(resultant, p)
+
+
+# Named pairwise similarities `knn` accepts besides METRICS (functions of two blocks of embeddings).
+PAIRWISE: dict[str, SimilarityFn] = {"el_vmf": el_vmf_similarity}
 
 
 def _prepare(metric: str | SimilarityFn, x: Any) -> Any:
@@ -166,7 +187,8 @@ def knn(
     """Exact k nearest neighbours of each query among the references, nearest first.
 
     Scores (higher = nearer): ``cosine`` <q, r> / (||q|| ||r||); ``dot`` <q, r>; ``euclidean``
-    -||q - r||^2 (the negative squared distance); or a callable ``sim(q_block, r_block) ->
+    -||q - r||^2 (the negative squared distance); a name in PAIRWISE (``el_vmf``: the log EL kernel
+    between image vMFs, `el_vmf_similarity`); or a callable ``sim(q_block, r_block) ->
     [bq, br]`` on arrays or pytrees of arrays with a leading sample axis (e.g. a vMF kernel between
     images). Scores of -inf mark excluded pairs and must not come from the similarity itself.
 
@@ -177,8 +199,10 @@ def knn(
     blocks are sharded over the ``'data'`` axis of `mesh` (default: all devices), references are
     replicated. Returns (scores [Nq, k], indices [Nq, k]) as NumPy arrays.
     """
+    if isinstance(metric, str) and metric in PAIRWISE:
+        metric = PAIRWISE[metric]
     if not callable(metric) and metric not in METRICS:
-        raise ValueError(f"unknown kNN metric {metric!r}; valid: {', '.join(METRICS)} or a callable")
+        raise ValueError(f"unknown kNN metric {metric!r}; valid: {', '.join(METRICS + tuple(PAIRWISE))} or a callable")
     if ref_includes_query is None:
         ref_includes_query = references is None
     queries = jax.tree.map(np.asarray, queries)

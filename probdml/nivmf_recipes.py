@@ -1,16 +1,30 @@
 """EL-nivMF experiment recipes (specs/nivmf.md sections 3.7-3.8, 6): the official runs and the Figure-5 ablation.
 
-`nivmf_retrieval_config(dataset, run)` returns a complete ml_collections config:
+`nivmf_retrieval_config(dataset, run)` returns a complete ml_collections config for dataset 'cub200',
+'cars196' or 'sop' (configs/nivmf/<dataset>.py: `--config=configs/nivmf/cub200.py:<run>`); `run_names()`
+lists every run:
 
-  run = 'r128' / 'r512'   EL-nivMF + ProxyAnchor guidance with the hyper-parameters of the official
+  r128, r512              EL-nivMF + ProxyAnchor guidance with the hyper-parameters of the official
                           `example_runs.sh` line for that dataset and dimension (section 3.8), computed
                           exactly: the closed-form EL kernel of the reference_linear nivMF with the
                           temperature inside the expectation (the estimand of the official estimator,
                           without its 5-sample bias), exact log C_p, softplus-floored kappas.
-  run = 'r128_compat' ... the official computation: 5-sample Monte Carlo with the temperature inside,
+  r128_compat, r512_compat   the official computation: 5-sample Monte Carlo with the temperature inside,
                           the quadratic log C_p fit, Wood proposal gradients, clamped kappas.
-  run = 'fig5_<distance>_<iso|niso>'   the Figure-5 ablation (CUB, dim 512, 50 epochs, batch 106, no
-                          decay): distance in FIGURE5_DISTANCES, isotropic vMF or nivMF proxies.
+  fig5_<distance>_<iso|niso>        the Figure-5 ablation (dim 512, 50 epochs, batch 106, no decay):
+                          distance in FIGURE5_DISTANCES = el, kl, bhattacharyya, loglik, l2, cosine;
+                          isotropic vMF ('iso') or nivMF ('niso') proxies; exact numerics (KL with the
+                          correct sign, s = -KL, and the exact A_p).
+  fig5_<distance>_<iso|niso>_d128   the same at embedding dimension 128.
+  fig5_<cell>_compat      the official code's computation of the Figure-5 cells it has (FIGURE5_COMPAT:
+                          el_niso, el_iso, bhattacharyya_iso, kl_iso, loglik_niso, l2_iso, cosine_iso):
+                          quadratic log C_p fit, clamped kappas, +KL without A_p, the 10-sample Monte
+                          Carlo EL-nivMF with the temperature inside, and warm start / init_norm_multiplier
+                          only where the official code applies them (C13). The temperature stays
+                          log-parameterised (the official T is unconstrained and can cross 0, C8).
+
+SOP has no official recipe (specs/nivmf.md C12): its 'r128'/'r512' values are CUB's, NOT the official code's.
+The Figure-5 protocol is the official CUB one, applied unchanged to every dataset and dimension.
 
 Protocol (official code): ImageNet ResNet-50 with frozen BatchNorm statistics, global average pooling,
 a linear vMF head (weight x init_norm_multiplier, never normalised); batches of `batch_size` with 2
@@ -68,10 +82,28 @@ FIGURE5: dict[tuple[str, str], tuple[str, float, float]] = {
 # name (C13): not for L2, cosine, the nivMF point loss and KL. `reference_gating=True` reproduces that.
 _UNGATED = {"l2", "cosine", "loglik", "kl"}
 
+# The Figure-5 cells the official code has (section 3.8), with the options of its computation (C1, C3,
+# C5, C7, C10, C11): the quadratic log C_p fit (dim 512: its 512 fit), clamped kappas, the KL criterion's
+# +KL without A_p, the 10-sample Monte Carlo EL-nivMF with the temperature inside the average.
+FIGURE5_COMPAT: dict[tuple[str, str], dict] = {
+    ("el", "niso"): {"form": "reference_linear", "estimator": "monte_carlo", "num_samples": 10,
+                     "temperature_placement": "inside", "normalizer": "reference_quadratic",
+                     "kappa_gradient": "proposal"},
+    ("el", "iso"): {"normalizer": "reference_quadratic"},
+    ("bhattacharyya", "iso"): {"normalizer": "reference_quadratic"},
+    ("kl", "iso"): {"reference_sign": True, "exact_mean_length": False, "normalizer": "reference_quadratic"},
+    ("loglik", "niso"): {"form": "stretched", "normalizer": "reference_quadratic"},
+    ("l2", "iso"): {},
+    ("cosine", "iso"): {},
+}
+OFFICIAL_RUN_NAMES = ("r128", "r512", "r128_compat", "r512_compat")
+
 
 def run_names() -> tuple[str, ...]:
-    official = ("r128", "r512", "r128_compat", "r512_compat")
-    return official + tuple(f"fig5_{d}_{i}" for d in FIGURE5_DISTANCES for i in ("iso", "niso"))
+    """Every run name `nivmf_retrieval_config` accepts (the same for every dataset)."""
+    cells = [f"fig5_{d}_{i}" for d in FIGURE5_DISTANCES for i in ("iso", "niso")]
+    compat = [f"fig5_{d}_{i}_compat" for d, i in FIGURE5_COMPAT]
+    return OFFICIAL_RUN_NAMES + tuple(cells) + tuple(f"{c}_d128" for c in cells) + tuple(compat)
 
 
 def _base(dataset: str, dim: int, batch_size: int, epochs: int, milestones, gamma: float, init_norm: float):
@@ -126,7 +158,7 @@ def _base(dataset: str, dim: int, batch_size: int, epochs: int, milestones, gamm
 
     config.eval = ml_collections.ConfigDict()
     config.eval.ks = (1, 2, 4, 8) if dataset != "sop" else (1, 10, 100, 1000)
-    config.eval.metric = "cosine"
+    config.eval.metric = "cosine"  # or "el_vmf": EL kernel between the image vMFs (probdml.evaluate.EVAL_METRICS)
     config.eval.clustering = dataset != "sop"
     config.eval.batch_size = 256
     return config
@@ -135,8 +167,9 @@ def _base(dataset: str, dim: int, batch_size: int, epochs: int, milestones, gamm
 def nivmf_retrieval_config(dataset: str, run: str = "r512", *, reference_gating: bool = False
                            ) -> ml_collections.ConfigDict:
     """The config of `run` (one of `run_names()`) on `dataset` ('cub200', 'cars196', 'sop'); see the
-    module docstring. `reference_gating` (Figure-5 runs only) drops warm start and init_norm_multiplier
-    for the distances the official code does not gate in (specs/nivmf.md C13)."""
+    module docstring. `reference_gating` (Figure-5 runs only; implied by the '_compat' ones) drops warm
+    start and init_norm_multiplier for the distances the official code does not gate in (specs/nivmf.md
+    C13)."""
     if dataset not in TRAIN_IMAGES:
         raise ValueError(f"unknown dataset {dataset!r}; valid: {', '.join(TRAIN_IMAGES)}")
     if run not in run_names():
@@ -149,18 +182,22 @@ def nivmf_retrieval_config(dataset: str, run: str = "r512", *, reference_gating:
     loss.guidance_margin = 0.1
     loss.guidance_positives = "columns"
     if run.startswith("fig5_"):
-        _, distance, iso = run.split("_")
+        _, distance, iso, *variant = run.split("_")
+        compat = variant == ["compat"]
+        dim = 128 if variant == ["d128"] else 512
         similarity, concentration, temperature = FIGURE5[(distance, iso)]
-        gated_off = reference_gating and distance in _UNGATED
-        config = _base(dataset, 512, 106, 50, (1000,), 1.0, 1.0 if gated_off else 150.0)
+        gated_off = (reference_gating or compat) and distance in _UNGATED
+        config = _base(dataset, dim, 106, 50, (1000,), 1.0, 1.0 if gated_off else 150.0)
         loss.similarity = similarity
         # the official nivMF point loss uses the stretched form (N-pt)
         loss.similarity_options = {"form": "stretched"} if similarity == "loglik_nivmf" else {}
+        if compat:
+            loss.similarity_options = dict(FIGURE5_COMPAT[(distance, iso)])
         loss.temperature = temperature
         loss.guidance_weight = 0.0
         if similarity != "cosine":  # the cosine ignores proxy norms and concentrations
             loss.proxy_concentration = concentration
-            loss.kappa_param = "softplus"
+            loss.kappa_param = "clamp" if compat else "softplus"
             loss.kappa_min = 0.1
         loss.warm_start = not gated_off
         proxy_lr, kappa_lr, temp_lr = 5000.0, 50000.0, 500.0

@@ -154,6 +154,16 @@ def _kappa(raw: Array, kappa_param: str, kappa_min: float) -> Array:
     return kappa_min + jax.nn.softplus(raw)
 
 
+def proxy_concentrations(loss_cfg: ml_collections.ConfigDict, params: dict) -> Array | None:
+    """The proxy concentrations of trained loss `params`: kappa [C] (isotropic vMF proxies) or kappas
+    [C, D] (nivMF proxies), kappa = kappa_min + softplus(raw) or max(raw, kappa_min); None when the
+    similarity reads none."""
+    if similarity.PROXY_CONCENTRATION.get(loss_cfg.get("similarity", "cosine")) is None:
+        return None
+    opts = _options(loss_cfg, PROXY_KAPPA_DEFAULTS)
+    return _kappa(params["proxy_kappa"], opts["kappa_param"], float(opts["kappa_min"]))
+
+
 def _proxy_objective(cfg: ml_collections.ConfigDict, num_classes: int, embed_dim: int) -> Objective:
     name = cfg.name
     hp = _options(cfg, LOSS_DEFAULTS[name])

@@ -172,6 +172,7 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     if config.loss.name not in objective.LOSSES:
         raise unknown_choice("loss", config.loss.name, objective.LOSSES)
     optim.validate(config.optim)
+    evaluate.knn_metric(config.eval.metric)
 
 
 class _Preemption:
