@@ -2,23 +2,11 @@
 
 import ml_collections
 
+from configs import base
+
 
 def get_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.seed = 0
-    config.num_steps = 400
-    config.log_every = 50
-    config.eval_every = 100
-    config.checkpoint_every = 100
-    config.keep_checkpoints = 3
-    config.checkpoint_best_metric = "test/recall@1"  # also keep the best checkpoint by this metric ('' = off)
-    config.num_devices = 0  # data-parallel over this many devices (0 = all)
-
-    config.distributed = ml_collections.ConfigDict()
-    config.distributed.enabled = False  # jax.distributed.initialize() for multi-process runs
-    config.distributed.coordinator_address = ""  # '' = auto-detect (TPU pods, SLURM, ...)
-    config.distributed.num_processes = 1
-    config.distributed.process_id = 0
+    config = base.get_config(num_steps=400, eval_every=100, log_every=50)
 
     config.data = ml_collections.ConfigDict()
     config.data.name = "digits"
@@ -49,9 +37,4 @@ def get_config() -> ml_collections.ConfigDict:
     config.optim.schedule = "constant"
     config.optim.grad_clip_value = 0.0  # 0 = no clipping
 
-    config.eval = ml_collections.ConfigDict()
-    config.eval.ks = (1, 2, 4, 8)
-    config.eval.metric = "cosine"
-    config.eval.clustering = True  # also NMI / AMI / pairwise F1 of k-means
-    config.eval.batch_size = 512
     return config

@@ -18,16 +18,22 @@ from probdml.similarity import ISM_COMPAT_PRESET
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
+    return idml_from(digits.get_config(), variant)
+
+
+def idml_from(config: ml_collections.ConfigDict, variant: str = "") -> ml_collections.ConfigDict:
+    """`config` (a ProxyAnchor config on a small network) turned into IDML-ProxyAnchor: the model becomes
+    an `embedding_net` over the same backbone with an uncertainty head of the embedding's size, the
+    similarity the ISM, Mixup on. Shared by the digits and glyphs IDML configs."""
     if variant not in ("", "paper", "compat"):
-        raise ValueError(f"unknown digits_idml variant {variant!r}; valid: 'paper' (default), 'compat'")
-    config = digits.get_config()
+        raise ValueError(f"unknown IDML variant {variant!r}; valid: 'paper' (default), 'compat'")
     base = config.model
     config.model = ml_collections.ConfigDict()
     config.model.name = "embedding_net"
-    config.model.backbone = "small_convnet"
-    config.model.widths = base.widths
-    config.model.hidden = base.hidden
-    config.model.embed_dim = base.embed_dim
+    config.model.backbone = base.name
+    for key, value in base.items():
+        if key != "name":
+            config.model[key] = "avg+max" if key == "pooling" and value == "avgmax" else value
     config.model.normalize_embedding = True
     config.model.uncertainty_dim = base.embed_dim
     config.model.uncertainty_l2_normalize = False

@@ -11,10 +11,17 @@ from configs import digits
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = digits.get_config()
+    config = nivmf_from(digits.get_config())
     config.model.embed_dim = 128
     config.model.init_norm_multiplier = 1.0
+    return config
 
+
+def nivmf_from(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`config` (a ProxyAnchor config) turned into EL-nivMF: ProxyNCA++ over the closed-form EL kernel
+    between the image vMF (direction e/|e|, concentration |e|) and nivMF proxies, learnable log T,
+    warm-started proxy directions, skipped non-finite steps. The model is left to the caller (its raw,
+    unnormalised embedding is used). Shared by the digits and glyphs EL-nivMF configs."""
     config.loss = ml_collections.ConfigDict()
     config.loss.name = "proxy_nca_pp"
     config.loss.similarity = "el_nivmf"

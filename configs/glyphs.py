@@ -1,20 +1,18 @@
 """ProxyAnchor baseline on `glyphs`: characters x the 16 matplotlib typefaces, class-disjoint split.
 
-A small ResNet (GroupNorm, no batch statistics) on 32x32 grayscale glyphs, sized for about
-15 minutes on 2 CPU cores. Test classes are characters never seen in training.
+A small ResNet (GroupNorm, no batch statistics; the final 8x8 map flattened into the embedding layer)
+on 32x32 grayscale glyphs. Test classes are characters never seen in training.
+
+    python -m probdml.main --config=configs/glyphs.py --workdir=/tmp/glyphs_pa
 """
 
 import ml_collections
 
+from configs import base
+
 
 def get_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.seed = 0
-    num_steps = ml_collections.FieldReference(1500)
-    config.num_steps = num_steps
-    config.log_every = 100
-    config.eval_every = 500
-    config.checkpoint_every = 500
+    config = base.get_config(num_steps=1500, eval_every=500, log_every=100)
     config.keep_checkpoints = 2
 
     config.data = ml_collections.ConfigDict()
@@ -46,11 +44,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.optim.weight_decay = 1e-4
     config.optim.lr_mults = {"proxies": 100.0}
     config.optim.schedule = "cosine"
-    config.optim.decay_steps = num_steps  # follows --config.num_steps
+    config.optim.decay_steps = config.get_ref("num_steps")  # follows --config.num_steps
     config.optim.grad_clip_value = 0.0  # 0 = no clipping
-
-    config.eval = ml_collections.ConfigDict()
-    config.eval.ks = (1, 2, 4, 8)
-    config.eval.metric = "cosine"
-    config.eval.batch_size = 512
     return config

@@ -10,11 +10,13 @@ import zipfile
 import ml_collections
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
+from etils import epath
 from PIL import Image
 
 import fake_archives
 from probdml import data
-from probdml.data import pipeline
+from probdml.data import manual, pipeline
 from probdml.errors import ConfigError
 
 CLASSES = {
@@ -31,6 +33,39 @@ ARCHIVES = {
     "cars196": ["cars_annos.mat", "car_ims.tgz"],
     "sop": ["Stanford_Online_Products.zip"],
 }
+# The official URLs, written out here rather than read from the builders.
+URLS = {
+    "cub200": ["https://data.caltech.edu/records/65de6-vzc68/files/CUB_200_2011.tgz"],
+    "cars196": [
+        "http://ai.stanford.edu/~jkrause/car196/cars_annos.mat",
+        "http://ai.stanford.edu/~jkrause/car196/car_ims.tgz",
+    ],
+    "sop": ["ftp://cs.stanford.edu/cs/cvgl/Stanford_Online_Products.zip"],
+}
+
+
+class FakeServer:
+    """Stands in for the network in `tfds.download.DownloadManager.download`: serves the files of
+    `files` ({url: path}), raises TFDS's DownloadError (HTTP 404) for any other URL, and records
+    every URL asked for."""
+
+    def __init__(self, files: dict[str, str] | None = None):
+        self.files = dict(files or {})
+        self.requested: list[str] = []
+
+    def download(self, url):
+        self.requested.append(url)
+        if url not in self.files:
+            raise tfds.download.DownloadError(f"Failed to get url {url}. HTTP code: 404.")
+        return self.files[url]
+
+
+@pytest.fixture(autouse=True)
+def server(monkeypatch) -> FakeServer:
+    """No test reaches the network: every TFDS download goes to a FakeServer (empty unless filled)."""
+    fake = FakeServer()
+    monkeypatch.setattr(tfds.download.DownloadManager, "download", fake.download)
+    return fake
 
 
 def _write(name: str, manual_dir: str, archive: bool) -> list[fake_archives.FakeImage]:
@@ -153,29 +188,128 @@ def test_extracted_folders_give_the_same_dataset(tmp_path, name):
 
 
 @pytest.mark.parametrize("name", list(CLASSES))
-def test_missing_manual_files_name_the_expected_files(tmp_path, name):
+def test_missing_files_and_failed_download_give_one_error(tmp_path, server, name):
+    """Neither in the manual directory nor downloadable: one ConfigError naming the expected files,
+    the manual directory, the URL and the download error (Cars: and the known-dead URLs)."""
     cfg = _cfg(name, tmp_path)
-    manual = str(tmp_path / "manual")
-    expected = f"{name}: none of .*{ARCHIVES[name][0]}.* found in the TFDS manual directory {manual}"
-    with pytest.raises(ConfigError, match=expected):  # no manual directory at all
-        data.load_split(cfg, "train")
-    os.makedirs(manual)
-    with open(os.path.join(manual, "unrelated.txt"), "w") as f:
-        f.write("not the dataset")
-    with pytest.raises(ConfigError, match=expected):  # a manual directory without the files
-        data.load_split(cfg, "train")
+    manual_path = str(tmp_path / "manual")
+    for make_manual in (False, True):  # no manual directory at all; one without the files
+        if make_manual:
+            os.makedirs(manual_path)
+            with open(os.path.join(manual_path, "unrelated.txt"), "w") as f:
+                f.write("not the dataset")
+        with pytest.raises(ConfigError) as info:
+            data.load_split(cfg, "train")
+        message = str(info.value)
+        assert message.startswith(f"{name}: {ARCHIVES[name][0]}")
+        assert all(archive in message for archive in ARCHIVES[name])
+        assert (
+            f"not found in the TFDS manual directory {manual_path}, and the download from {URLS[name][0]} failed"
+        ) in message
+        assert f"(DownloadError: Failed to get url {URLS[name][0]}. HTTP code: 404.)" in message
+        assert f"in {manual_path}, or point data.manual_dir" in message
+        assert message.count("known to return HTTP 404") == (name == "cars196")
+        assert "\n" not in message
+        assert isinstance(info.value.__cause__, tfds.download.DownloadError)
+    assert server.requested == [URLS[name][0]] * 2  # stops at the first failed download
 
 
-def test_cars_needs_both_the_annotations_and_the_images(tmp_path):
-    manual = tmp_path / "manual"
-    fake_archives.write_cars196(str(manual), {1: 1}, archive=True)
-    os.remove(manual / "cars_annos.mat")
-    with pytest.raises(ConfigError, match="none of cars_annos.mat found"):
+def test_cars_needs_both_the_annotations_and_the_images(tmp_path, server):
+    manual_path = tmp_path / "manual"
+    fake_archives.write_cars196(str(manual_path), {1: 1}, archive=True)
+    os.remove(manual_path / "cars_annos.mat")
+    expected = f"cars196: cars_annos.mat not found .* the download from {URLS['cars196'][0]}"
+    with pytest.raises(ConfigError, match=expected):
         data.load_split(_cfg("cars196", tmp_path), "train")
-    fake_archives.write_cars196(str(manual), {1: 1}, archive=True)
-    os.remove(manual / "car_ims.tgz")
-    with pytest.raises(ConfigError, match="none of car_ims.tgz, car_ims found"):
+    fake_archives.write_cars196(str(manual_path), {1: 1}, archive=True)
+    os.remove(manual_path / "car_ims.tgz")
+    with pytest.raises(ConfigError, match=r"cars196: car_ims.tgz \(or the folder car_ims/ it extracts to\) not found"):
         data.load_split(_cfg("cars196", tmp_path), "train")
+    assert server.requested == URLS["cars196"]  # only the missing file is asked for
+
+
+@pytest.mark.parametrize("name", list(CLASSES))
+def test_download_when_the_manual_directory_lacks_the_files(tmp_path, server, name):
+    """TFDS's own download: the official archives served for the official URLs give the same dataset."""
+    images = _write(name, str(tmp_path / "served"), archive=True)
+    server.files = {url: tmp_path / "served" / archive for url, archive in zip(URLS[name], ARCHIVES[name])}
+    cfg = _cfg(name, tmp_path)  # tmp_path / "manual" does not exist
+    for split in ("train", "test"):
+        ds = data.load_split(cfg, split)
+        expected = sorted((im.path, im.class_id - 1) for im in images if im.split == split)
+        assert list(ds.filenames) == [p for p, _ in expected]
+        np.testing.assert_array_equal(ds.labels, [label for _, label in expected])
+    assert server.requested == URLS[name]
+
+
+def test_manual_files_take_precedence_and_cars_mixes_both(tmp_path, server):
+    """cars_annos.mat from the manual directory, car_ims.tgz downloaded; the prepared data set
+    downloads nothing more."""
+    images = fake_archives.write_cars196(str(tmp_path / "served"), CLASSES["cars196"], archive=True)
+    os.makedirs(tmp_path / "manual")
+    os.rename(tmp_path / "served" / "cars_annos.mat", tmp_path / "manual" / "cars_annos.mat")
+    server.files = {URLS["cars196"][1]: tmp_path / "served" / "car_ims.tgz"}
+    ds = data.load_split(_cfg("cars196", tmp_path), "test")
+    assert sorted(ds.filenames) == sorted(im.path for im in images if im.split == "test")
+    assert server.requested == [URLS["cars196"][1]]
+
+
+def test_a_web_page_in_place_of_the_archive_is_a_failed_download(tmp_path, server):
+    page = tmp_path / "served" / "CUB_200_2011.tgz"
+    os.makedirs(page.parent)
+    page.write_text("<!doctype html><title>Please log in</title>")
+    server.files = {URLS["cub200"][0]: page}
+    with pytest.raises(ConfigError, match=f"failed \\(ValueError: the downloaded file {page} is not a gzip archive\\)"):
+        data.load_split(_cfg("cub200", tmp_path), "train")
+
+
+class FakeDownloadManager:
+    """The two members of tfds.download.DownloadManager that `manual.obtain` uses."""
+
+    def __init__(self, manual_dir, served: dict):
+        self._manual, self.served, self.requested = manual_dir, served, []
+
+    @property
+    def manual_dir(self):
+        if not os.path.isdir(self._manual) or not os.listdir(self._manual):
+            raise AssertionError(f"Manual directory {self._manual} does not exist or is empty. Create it ...")
+        return epath.Path(self._manual)
+
+    def download(self, url):
+        self.requested.append(url)
+        if isinstance(self.served[url], Exception):
+            raise self.served[url]
+        return self.served[url]
+
+
+def test_obtain_with_a_fake_download_manager(tmp_path):
+    """Per file: the manual directory first (the archive or its folder), else the download."""
+    served = tmp_path / "served"
+    os.makedirs(served)
+    (served / "b.zip").write_bytes(b"PK\x03\x04rest")
+    (served / "c.mat").write_bytes(b"MATLAB 5.0 MAT-file")
+    os.makedirs(tmp_path / "manual" / "a")
+    artifacts = [
+        manual.Artifact(("a.tgz", "a"), "http://x/a.tgz"),
+        manual.Artifact(("b.zip",), "ftp://x/b.zip"),
+        manual.Artifact(("c.mat",), "http://x/c.mat", "C is gone."),
+    ]
+    served_files = {"ftp://x/b.zip": served / "b.zip", "http://x/c.mat": served / "c.mat"}
+    dm = FakeDownloadManager(str(tmp_path / "manual"), served_files)
+    paths = manual.obtain(dm, "toy", artifacts)
+    assert paths == [tmp_path / "manual" / "a", served / "b.zip", served / "c.mat"]
+    assert dm.requested == ["ftp://x/b.zip", "http://x/c.mat"]
+
+    dm = FakeDownloadManager(str(tmp_path / "nowhere"), {"http://x/a.tgz": OSError("connection refused")})
+    with pytest.raises(ConfigError) as info:
+        manual.obtain(dm, "toy", artifacts)
+    assert str(info.value) == (
+        f"toy: a.tgz (or the folder a/ it extracts to) and b.zip and c.mat not found in the TFDS manual "
+        f"directory {tmp_path / 'nowhere'}, and the download from http://x/a.tgz failed (OSError: connection "
+        f"refused). C is gone. Put them in {tmp_path / 'nowhere'}, or point data.manual_dir "
+        f"(DownloadConfig(manual_dir=...)) at the folder that holds them."
+    )
+    assert dm.requested == ["http://x/a.tgz"]
 
 
 def test_cars_image_listed_in_the_annotations_but_missing_is_an_error(tmp_path):

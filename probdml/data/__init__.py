@@ -2,14 +2,19 @@
 
 Datasets (`data.name`): 'digits' (scikit-learn's copy, nothing to download), 'glyphs' (characters
 rendered from the typefaces bundled with matplotlib, nothing to download), and 'cub200',
-'cars196', 'sop', prepared on first use from the official downloads, which the user puts in the TFDS
-manual directory (`data.manual_dir`, else <data_dir>/downloads/manual/):
+'cars196', 'sop', prepared on first use from the official downloads. Each file is taken from the TFDS
+manual directory (`data.manual_dir`, else <data_dir>/downloads/manual/) when it is there, else
+downloaded by TFDS from its official URL (see `probdml.data.manual`):
 
   cub200   CUB_200_2011.tgz, or the folder CUB_200_2011/ it extracts to
+           (https://data.caltech.edu/records/65de6-vzc68/files/CUB_200_2011.tgz)
   cars196  cars_annos.mat, and car_ims.tgz or the folder car_ims/ it extracts to
+           (http://ai.stanford.edu/~jkrause/car196/..., known to return 404: use the manual directory)
   sop      Stanford_Online_Products.zip, or the folder Stanford_Online_Products/ it extracts to
+           (ftp://cs.stanford.edu/cs/cvgl/Stanford_Online_Products.zip)
 
-A missing file raises a ConfigError naming the expected files and the directory searched. The image
+A file neither in the manual directory nor downloadable raises one ConfigError naming the expected
+files, the manual directory and the download error. The image
 datasets are stored as ArrayRecord files (random access by index; in this TFDS version
 `builder.as_data_source()` reads them and `builder.as_dataset()` does not: pass
 `file_format='tfrecord'` to the builder for a tf.data-only copy).
@@ -18,6 +23,9 @@ Splits: 'train' and 'test' are the class-disjoint DML splits. 'train_sub' and 'v
 training classes for model selection without the test set: the classes of 'train' in increasing
 id order, the first floor(C * (1 - val_fraction)) to 'train_sub', the rest to 'val'
 (`data.val_fraction`, default 0.2, as RDML's class-wise train/validation split).
+
+An epoch is len(split) // batch_size steps for every sampler (`sampler.steps_per_epoch`; the last
+incomplete batch dropped); the configs turn epochs into steps with it.
 """
 
 from __future__ import annotations

@@ -5,6 +5,16 @@ classes 99-196 (8,131 images), classes as numbered in cars_annos.mat (`annotatio
 Stanford's image-level train/test flag (`annotations.test`) is not used. `label` = class - 1
 (0..195); `bbox` is the annotated box as tfds.features.BBox (ymin, xmin, ymax, xmax in [0, 1],
 from the 1-based inclusive pixel corners bbox_x1..bbox_y2).
+
+Validation split (model selection without the test set): `probdml.data.load_split(cfg, 'train_sub')`
+and `load_split(cfg, 'val')` split the 98 `train` classes by class id, the first
+floor(98 * (1 - val_fraction)) to train_sub and the rest to val (`data.val_fraction`, default 0.2:
+78 / 20 classes); `test` is untouched. Training length: an epoch is len(split) // batch_size steps,
+whatever the sampler (`probdml.data.sampler.steps_per_epoch`; e.g. 67 steps of a batch of 120 on
+`train`).
+
+Files: cars_annos.mat and car_ims.tgz (or its folder car_ims/) from the TFDS manual directory when
+there, else downloaded (`probdml.data.manual.obtain`).
 """
 
 from __future__ import annotations
@@ -21,6 +31,15 @@ TRAIN_CLASSES = range(1, 99)
 TEST_CLASSES = range(99, 197)
 ANNOTATIONS = "cars_annos.mat"
 IMAGES = ("car_ims.tgz", "car_ims")
+URL = "http://ai.stanford.edu/~jkrause/car196/"
+DEAD_URLS = (
+    "The original Stanford URLs of Cars196 are known to return HTTP 404 (tensorflow/datasets#4932, "
+    "#5053); get car_ims.tgz and cars_annos.mat from a mirror."
+)
+ARTIFACTS = (
+    manual.Artifact((ANNOTATIONS,), URL + ANNOTATIONS, DEAD_URLS),
+    manual.Artifact(IMAGES, URL + IMAGES[0], DEAD_URLS),
+)
 
 
 def read_annotations(data: bytes) -> dict[str, dict]:
@@ -45,15 +64,16 @@ def _bbox(box: tuple[int, int, int, int], height: int, width: int) -> tfds.featu
 
 # TFDS ships an image-level `cars196` builder; this one must not shadow it in tfds.builder().
 class Cars196(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """Cars196 from car_ims.tgz (or the extracted car_ims/) and cars_annos.mat in the manual directory."""
+    """Cars196 from car_ims.tgz (or the extracted car_ims/) and cars_annos.mat in the manual directory,
+    each downloaded from the original Stanford URL when not there (those URLs are dead: see DEAD_URLS)."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release: train = classes 1-98, test = classes 99-196."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = """
     Put cars_annos.mat and car_ims.tgz (or the folder car_ims/ it extracts to, holding
     000001.jpg ... 016185.jpg) from the Stanford Cars dataset
-    (https://ai.stanford.edu/~jkrause/cars/car_dataset.html; mirrors exist, the original links are
-    down) in the manual directory (default <data_dir>/downloads/manual/).
+    (https://ai.stanford.edu/~jkrause/cars/car_dataset.html; the original links return 404,
+    copies exist on mirrors) in the manual directory (default <data_dir>/downloads/manual/).
     """
 
     def __init__(self, **kwargs):
@@ -77,9 +97,7 @@ class Cars196(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-        root = manual.manual_root(dl_manager, self.name, (ANNOTATIONS, *IMAGES))
-        annotations = manual.locate(root, self.name, (ANNOTATIONS,))
-        images = manual.locate(root, self.name, IMAGES)
+        annotations, images = manual.obtain(dl_manager, self.name, ARTIFACTS)
         return {
             "train": self._generate_examples(dl_manager, annotations, images, TRAIN_CLASSES),
             "test": self._generate_examples(dl_manager, annotations, images, TEST_CLASSES),

@@ -1,11 +1,18 @@
-"""Helpers for the builders that prepare from files the user downloaded into TFDS's `manual_dir`.
+"""Where the builders get the official files: the TFDS manual directory, else TFDS's own download.
 
 The manual directory is TFDS's: `<data_dir>/downloads/manual/` unless a `manual_dir` is given
-(`tfds.download.DownloadConfig(manual_dir=...)`, or `data.manual_dir` in a probdml config).
+(`tfds.download.DownloadConfig(manual_dir=...)`, or `data.manual_dir` in a probdml config). A file
+(or the folder an archive extracts to) found there is used as is; a file not found there is
+downloaded from its official URL by TFDS's `DownloadManager.download` into `<data_dir>/downloads/`
+(kept there, so it is fetched once; not extracted: the builders stream the archives). When both
+fail, `obtain` raises one ConfigError naming the files, the manual directory and the download error.
+No checksums are registered for these URLs: a downloaded file is checked only for being an archive
+(or .mat file) of the expected kind, so an HTML error page is reported as a failed download.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 from collections.abc import Iterator, Sequence
@@ -17,6 +24,24 @@ from etils import epath
 from probdml.errors import ConfigError
 
 
+@dataclasses.dataclass(frozen=True)
+class Artifact:
+    """One file of an official download.
+
+    names: what the builder accepts in the manual directory, the downloaded file's name first (e.g.
+    'CUB_200_2011.tgz'), then the folder it extracts to ('CUB_200_2011'). url: the official URL of
+    the file. note: a sentence added to the error when neither the manual directory nor the download
+    provides the file (e.g. that the URL is known to be dead).
+    """
+
+    names: tuple[str, ...]
+    url: str
+    note: str = ""
+
+    def describe(self) -> str:
+        return self.names[0] + "".join(f" (or the folder {n}/ it extracts to)" for n in self.names[1:])
+
+
 def missing_files_error(dataset: str, where: str, expected: Sequence[str]) -> ConfigError:
     """ConfigError naming the files a builder looked for and the directory it looked in."""
     return ConfigError(
@@ -26,22 +51,68 @@ def missing_files_error(dataset: str, where: str, expected: Sequence[str]) -> Co
     )
 
 
-def manual_root(dl_manager: tfds.download.DownloadManager, dataset: str, expected: Sequence[str]) -> epath.Path:
-    """The manual directory, or a ConfigError naming `expected` when it is missing or empty."""
+def manual_dir(dl_manager: tfds.download.DownloadManager) -> tuple[epath.Path | None, str]:
+    """(the manual directory, or None when it is missing or empty; its path, for messages)."""
     try:
-        return dl_manager.manual_dir
-    except AssertionError as err:
-        where = str(err).split(" does not exist")[0].removeprefix("Manual directory ")
-        raise missing_files_error(dataset, where, expected) from err
+        root = dl_manager.manual_dir
+    except AssertionError as err:  # TFDS: "Manual directory <path> does not exist or is empty. ..."
+        return None, str(err).split(" does not exist")[0].removeprefix("Manual directory ")
+    return root, os.fspath(root)
 
 
-def locate(root: epath.Path, dataset: str, candidates: Sequence[str]) -> epath.Path:
-    """The first of `candidates` (file or folder names) that exists in `root`, else a ConfigError."""
-    for name in candidates:
-        path = root / name
-        if path.exists():
-            return path
-    raise missing_files_error(dataset, os.fspath(root), candidates)
+# File signatures of the official downloads: gzip (.tgz), zip, MATLAB 5 (.mat) headers.
+_MAGIC = {".tgz": (b"\x1f\x8b", "a gzip archive"), ".zip": (b"PK\x03\x04", "a zip archive"),
+          ".mat": (b"MATLAB", "a MATLAB .mat file")}
+
+
+def _check_download(path: epath.Path, name: str) -> None:
+    """Raise ValueError unless the file `path` starts with the signature of the kind of file `name`
+    is (.tgz, .zip, .mat): catches an HTML page served in place of the file."""
+    for suffix, (magic, kind) in _MAGIC.items():
+        if name.endswith(suffix):
+            with path.open("rb") as f:
+                if f.read(len(magic)) != magic:
+                    raise ValueError(f"the downloaded file {path} is not {kind}")
+
+
+def _one_line(err: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(err).split()) or "no message"
+    return f"{type(err).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
+
+
+def obtain(dl_manager: tfds.download.DownloadManager, dataset: str, artifacts: Sequence[Artifact]) -> list[epath.Path]:
+    """The path of each artifact: the first of its `names` present in the manual directory, else the
+    file downloaded from its `url` by `dl_manager.download`.
+
+    Downloads run in order and stop at the first failure (an exception from the download, or a file
+    that is not of the expected kind); then a ConfigError names the artifacts missing from the
+    manual directory, the manual directory, the URL and the download error, and the notes.
+    """
+    root, where = manual_dir(dl_manager)
+    found: dict[int, epath.Path] = {}
+    for i, art in enumerate(artifacts):
+        for name in art.names if root is not None else ():
+            if (root / name).exists():
+                found[i] = root / name
+                break
+    missing = [art for i, art in enumerate(artifacts) if i not in found]
+    for i, art in enumerate(artifacts):
+        if i in found:
+            continue
+        try:
+            path = epath.Path(dl_manager.download(art.url))
+            _check_download(path, art.names[0])
+        except Exception as err:  # network, HTTP status, checksum, wrong content: all reported alike
+            notes = "".join(f"{note} " for note in dict.fromkeys(a.note for a in missing if a.note))
+            them = "it" if len(missing) == 1 else "them"
+            raise ConfigError(
+                f"{dataset}: {' and '.join(a.describe() for a in missing)} not found in the TFDS manual "
+                f"directory {where}, and the download from {art.url} failed ({_one_line(err)}). {notes}"
+                f"Put {them} in {where}, or point data.manual_dir (DownloadConfig(manual_dir=...)) at the "
+                f"folder that holds {them}."
+            ) from err
+        found[i] = path
+    return [found[i] for i in range(len(artifacts))]
 
 
 def iter_files(dl_manager: tfds.download.DownloadManager, source: epath.Path) -> Iterator[tuple[str, BinaryIO]]:

@@ -3,6 +3,16 @@
 120,053 images of 22,634 products (classes) in 12 super-classes. The official split is already
 class-disjoint: `train` = Ebay_train.txt (59,551 images, classes 1-11,318), `test` = Ebay_test.txt
 (60,502 images, classes 11,319-22,634). `label` = class_id - 1, `super_class` = super_class_id - 1.
+
+Validation split (model selection without the test set): `probdml.data.load_split(cfg, 'train_sub')`
+and `load_split(cfg, 'val')` split the 11,318 `train` classes by class id, the first
+floor(11,318 * (1 - val_fraction)) to train_sub and the rest to val (`data.val_fraction`, default 0.2:
+9,054 / 2,264 classes); `test` is untouched. Training length: an epoch is len(split) // batch_size steps,
+whatever the sampler (`probdml.data.sampler.steps_per_epoch`; e.g. 496 steps of a batch of 120 on
+`train`).
+
+Files: Stanford_Online_Products.zip (or its folder) from the TFDS manual directory when there, else
+downloaded (`probdml.data.manual.obtain`).
 """
 
 from __future__ import annotations
@@ -20,6 +30,8 @@ from probdml.errors import ConfigError
 
 FOLDER = "Stanford_Online_Products"
 SOURCES = (f"{FOLDER}.zip", FOLDER)
+URL = f"ftp://cs.stanford.edu/cs/cvgl/{FOLDER}.zip"
+ARTIFACTS = (manual.Artifact(SOURCES, URL),)
 HEADER = ["image_id", "class_id", "super_class_id", "path"]
 SUPER_CLASSES = (
     "bicycle", "cabinet", "chair", "coffee_maker", "fan", "kettle",
@@ -47,15 +59,16 @@ def _reader(source: epath.Path) -> Iterator[Callable[[str], bytes]]:
 
 
 class Sop(tfds.core.GeneratorBasedBuilder):
-    """Stanford Online Products from Stanford_Online_Products.zip (or its folder) in the manual directory."""
+    """Stanford Online Products from Stanford_Online_Products.zip (or its folder) in the manual directory,
+    else downloaded from Stanford's FTP server."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release: train = Ebay_train.txt, test = Ebay_test.txt."}
-    MANUAL_DOWNLOAD_INSTRUCTIONS = """
-    Download Stanford_Online_Products.zip (https://cvgl.stanford.edu/projects/lifted_struct/) and
-    put it, or the folder Stanford_Online_Products/ it extracts to (holding Ebay_train.txt,
-    Ebay_test.txt and the *_final/ image folders), in the manual directory (default
-    <data_dir>/downloads/manual/).
+    MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
+    When the automatic download fails: download Stanford_Online_Products.zip ({URL}, linked from
+    https://cvgl.stanford.edu/projects/lifted_struct/) and put it, or the folder
+    Stanford_Online_Products/ it extracts to (holding Ebay_train.txt, Ebay_test.txt and the
+    *_final/ image folders), in the manual directory (default <data_dir>/downloads/manual/).
     """
 
     def __init__(self, **kwargs):
@@ -79,8 +92,7 @@ class Sop(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-        root = manual.manual_root(dl_manager, self.name, SOURCES)
-        source = manual.locate(root, self.name, SOURCES)
+        (source,) = manual.obtain(dl_manager, self.name, ARTIFACTS)
         return {
             "train": self._generate_examples(source, "Ebay_train.txt"),
             "test": self._generate_examples(source, "Ebay_test.txt"),
