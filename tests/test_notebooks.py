@@ -44,7 +44,6 @@ def notebook_env(digits_data_dir, tmp_path_factory):
         "PYTHONPATH": pythonpath,
         "JAX_DISABLE_MOST_OPTIMIZATIONS": "1",
         "JAX_PLATFORMS": "cpu",
-        "MPLBACKEND": "module://matplotlib_inline.backend_inline",
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
     saved = {k: os.environ.get(k) for k in env}
