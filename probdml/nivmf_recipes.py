@@ -40,9 +40,8 @@ import ml_collections
 from ml_collections import config_dict
 
 from probdml.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from probdml.recipes import TRAIN_IMAGES  # images of the training classes of each dataset
 
-# Images of the training classes (CUB: classes 1-100; Cars196: classes 1-98; SOP: Ebay_train.txt).
-TRAIN_IMAGES = {"cub200": 5864, "cars196": 8054, "sop": 59551}
 
 # example_runs.sh (specs/nivmf.md section 3.8): epochs, milestones (epochs), gamma, proxy lr x, kappa lr x,
 # concentration, init_norm_multiplier, guidance weight. SOP has no official recipe: its entries reuse
