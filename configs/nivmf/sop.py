@@ -2,8 +2,18 @@
 
     python -m probdml.main --config=configs/nivmf/sop.py:RUN --workdir=W --config.model.pretrained=DIR
 
-RUN (default r512): the runs of configs/nivmf/cub200.py (listed there and by
-probdml.nivmf_recipes.run_names()) on this dataset.
+RUN (default r512; probdml.nivmf_recipes documents the protocol and every value):
+
+  r128, r512                     the official EL-nivMF runs (ProxyNCA++ over the closed-form EL kernel of
+                                 nivMF proxies, temperature inside, ProxyAnchor guidance, warm start)
+  r128_compat, r512_compat       the official computation: 5-sample Monte Carlo with the temperature inside
+                                 the average, quadratic log C_p fit, clamped kappas
+  fig5_<distance>_<iso|niso>     Figure-5 ablation cell at dim 512 (50 epochs, batch 106, no decay);
+                                 distance: el, kl, bhattacharyya, loglik, l2, cosine; iso = vMF proxies,
+                                 niso = nivMF proxies; KL is the exact -KL(image || proxy)
+  fig5_<distance>_<iso|niso>_d128   the same cell at dim 128
+  fig5_<cell>_compat             the official code's computation of a cell it has: el_niso, el_iso,
+                                 bhattacharyya_iso, kl_iso, loglik_niso, l2_iso, cosine_iso
 
 SOP has no official recipe (specs/nivmf.md C12): r128/r512 use CUB-200-2011's hyper-parameters, NOT values
 from the official code. Evaluation: recall@1/10/100/1000, no clustering (11,316 test classes).
