@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import app, flags, logging
@@ -20,8 +21,31 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
+def config_package_root(argv: list[str]) -> str | None:
+    """The folder holding the `configs` folder that contains the --config file, or None.
+
+    Config files import their siblings (`from configs import base`), so that folder goes on sys.path
+    and the CLI works from any working directory, e.g. --config=/path/to/probdml/configs/digits.py."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+        elif arg == "--config" and i + 1 < len(argv):
+            path = argv[i + 1]
+        else:
+            continue
+        folder = os.path.dirname(os.path.abspath(path.split(":", 1)[0]))
+        while folder != os.path.dirname(folder):
+            if os.path.basename(folder) == "configs":
+                return os.path.dirname(folder)
+            folder = os.path.dirname(folder)
+    return None
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing that reports bad flags and config overrides on one line, exit code 2."""
+    root = config_package_root(argv)
+    if root is not None and root not in sys.path:
+        sys.path.insert(0, root)
     try:
         return FLAGS(argv)
     except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as e:

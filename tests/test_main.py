@@ -42,3 +42,12 @@ def test_unknown_names(tmp_path, override, fragments):
 
 def test_missing_workdir_parent(tmp_path):
     _assert_one_line_error(_run(f"--workdir={tmp_path}/no/such/dir"), "workdir parent directory does not exist")
+
+
+def test_config_given_by_absolute_path_from_another_directory(tmp_path):
+    """configs/digits.py imports `configs.base`: the CLI finds it from any working directory."""
+    cmd = [sys.executable, "-m", "probdml.main", f"--config={ROOT}/configs/digits.py", f"--workdir={tmp_path}/w",
+           "--config.data.name=mnist"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True,
+                          timeout=300)
+    _assert_one_line_error(proc, "unknown dataset 'mnist'")
