@@ -45,9 +45,13 @@ def test_missing_workdir_parent(tmp_path):
 
 
 def test_config_given_by_absolute_path_from_another_directory(tmp_path):
-    """configs/digits.py imports `configs.base`: the CLI finds it from any working directory."""
+    """configs/digits.py imports `configs.base`: the CLI finds it from any working directory, with only the
+    probdml package importable (as after `pip install .`; the repository root is not on the path)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    os.symlink(os.path.join(ROOT, "probdml"), site / "probdml")
     cmd = [sys.executable, "-m", "probdml.main", f"--config={ROOT}/configs/digits.py", f"--workdir={tmp_path}/w",
            "--config.data.name=mnist"]
-    proc = subprocess.run(cmd, cwd=tmp_path, env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True,
-                          timeout=300)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(site)}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     _assert_one_line_error(proc, "unknown dataset 'mnist'")
