@@ -1,7 +1,9 @@
 """ProxyAnchor baseline on `glyphs`: characters x the 16 matplotlib typefaces, class-disjoint split.
 
 A small ResNet (GroupNorm, no batch statistics; the final 8x8 map flattened into the embedding layer)
-on 32x32 grayscale glyphs. Test classes are characters never seen in training.
+on 32x32 grayscale glyphs. Test classes are characters never seen in training. 1500 steps of batch 128
+took 10 min on 2 CPU cores (seed 0: test recall@1 0.912; raw-pixel cosine kNN: 0.466); the IDML config
+costs about twice as much per step (Mixup), the EL-nivMF config about the same.
 
     python -m probdml.main --config=configs/glyphs.py --workdir=/tmp/glyphs_pa
 """
