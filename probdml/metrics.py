@@ -749,6 +749,23 @@ def uncertainty_auroc(uncertainty: np.ndarray, correct: np.ndarray) -> float:
     return float((ranks[wrong].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
+def accuracy_by_quantile_bin(score: np.ndarray, correct: np.ndarray, num_bins: int = 5) -> dict[str, list]:
+    """Accuracy of the boolean `correct` within `num_bins` bins of `score` cut at its quantiles (equal
+    counts up to ties): {'edges': num_bins + 1 quantiles, 'mean_score', 'accuracy', 'count': per bin};
+    an empty bin gives NaN. E.g. recall@1 by uncertainty level, or by embedding norm."""
+    score = np.asarray(score, np.float64)
+    correct = np.asarray(correct, bool)
+    edges = np.quantile(score, np.linspace(0.0, 1.0, num_bins + 1))
+    which = np.clip(np.searchsorted(edges, score, side="right") - 1, 0, num_bins - 1)
+    out: dict[str, list] = {"edges": edges.tolist(), "mean_score": [], "accuracy": [], "count": []}
+    for b in range(num_bins):
+        sel = which == b
+        out["count"].append(int(sel.sum()))
+        out["mean_score"].append(float(score[sel].mean()) if sel.any() else float("nan"))
+        out["accuracy"].append(float(correct[sel].mean()) if sel.any() else float("nan"))
+    return out
+
+
 def rejection_curve(
     uncertainty: np.ndarray, correct: np.ndarray, fractions: Sequence[float] = tuple(np.linspace(0.0, 0.9, 10))
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -449,3 +449,15 @@ def test_rejection_plot(tmp_path):
     np.testing.assert_allclose(lines[1].get_ydata(), [0.6, 1.0])
     with pytest.raises(ValueError, match="empty"):
         plot_rejection_curves({})
+
+
+def test_accuracy_by_quantile_bin_hand_worked():
+    from probdml.metrics import accuracy_by_quantile_bin
+
+    out = accuracy_by_quantile_bin(np.array([6.0, 1, 3, 2, 5, 4]), np.array([1, 0, 1, 0, 1, 0], bool), num_bins=3)
+    np.testing.assert_allclose(out["edges"], [1.0, 8 / 3, 13 / 3, 6.0])
+    assert out["count"] == [2, 2, 2]
+    np.testing.assert_allclose(out["mean_score"], [1.5, 3.5, 5.5])
+    np.testing.assert_allclose(out["accuracy"], [0.0, 0.5, 1.0])
+    tied = accuracy_by_quantile_bin(np.ones(4), np.array([1, 0, 1, 1], bool), num_bins=2)
+    assert tied["count"] == [0, 4] and np.isnan(tied["accuracy"][0]) and tied["accuracy"][1] == 0.75

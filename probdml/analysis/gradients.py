@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from probdml import objective, similarity
+from probdml import metrics, objective, similarity
 
 Array = jax.Array
 
@@ -335,15 +335,9 @@ def recall_by_uncertainty(
     sim = x @ x.T
     np.fill_diagonal(sim, -np.inf)
     correct = labels[np.argmax(sim, axis=1)] == labels
-    edges = np.quantile(uncertainty_level, np.linspace(0.0, 1.0, num_bins + 1))
-    which = np.clip(np.searchsorted(edges, uncertainty_level, side="right") - 1, 0, num_bins - 1)
-    result = {"bin_edges": edges.tolist(), "mean_uncertainty": [], "recall@1": [], "count": []}
-    for k in range(num_bins):
-        sel = which == k
-        result["count"].append(int(sel.sum()))
-        result["mean_uncertainty"].append(float(uncertainty_level[sel].mean()) if sel.any() else float("nan"))
-        result["recall@1"].append(float(correct[sel].mean()) if sel.any() else float("nan"))
-    return result
+    binned = metrics.accuracy_by_quantile_bin(uncertainty_level, correct, num_bins)
+    return {"bin_edges": binned["edges"], "mean_uncertainty": binned["mean_score"], "recall@1": binned["accuracy"],
+            "count": binned["count"]}
 
 
 def _summary(x: np.ndarray) -> dict[str, float]:

@@ -143,14 +143,9 @@ def norm_correctness(norms: np.ndarray, correct: np.ndarray, num_bins: int = 5) 
         raise ValueError(f"norms and correct must be 1-D of equal length, got {norms.shape} and {ok.shape}")
     if num_bins < 1:
         raise ValueError(f"num_bins must be >= 1, got {num_bins}")
-    edges = np.quantile(norms, np.linspace(0.0, 1.0, num_bins + 1))
-    which = np.clip(np.searchsorted(edges, norms, side="right") - 1, 0, num_bins - 1)
-    bins = {"edges": edges.tolist(), "mean_norm": [], "recall@1": [], "count": []}
-    for b in range(num_bins):
-        sel = which == b
-        bins["count"].append(int(sel.sum()))
-        bins["mean_norm"].append(float(norms[sel].mean()) if sel.any() else float("nan"))
-        bins["recall@1"].append(float(ok[sel].mean()) if sel.any() else float("nan"))
+    binned = metrics.accuracy_by_quantile_bin(norms, ok, num_bins)
+    bins = {"edges": binned["edges"], "mean_norm": binned["mean_score"], "recall@1": binned["accuracy"],
+            "count": binned["count"]}
     varied = ok.any() and not ok.all() and np.ptp(norms) > 1e-5 * np.max(np.abs(norms))
     return {
         "recall@1": float(ok.mean()),
