@@ -39,8 +39,7 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
-from probdml.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from probdml.recipes import TRAIN_IMAGES  # images of the training classes of each dataset
+from probdml.recipes import TRAIN_IMAGES, imagenet_data_config
 
 
 # example_runs.sh (specs/nivmf.md section 3.8): epochs, milestones (epochs), gamma, proxy lr x, kappa lr x,
@@ -119,20 +118,7 @@ def _base(dataset: str, dim: int, batch_size: int, epochs: int, milestones, gamm
     config.distributed = ml_collections.ConfigDict(
         dict(enabled=False, coordinator_address="", num_processes=1, process_id=0))
 
-    config.data = ml_collections.ConfigDict()
-    config.data.name = dataset
-    config.data.data_dir = ""
-    config.data.manual_dir = ""
-    config.data.batch_size = batch_size
-    config.data.sampler = "m_per_class"
-    config.data.samples_per_class = 2
-    config.data.image_size = 224
-    config.data.resize_size = 256
-    config.data.crop_scale = (0.08, 1.0)
-    config.data.crop_ratio = (3 / 4, 4 / 3)
-    config.data.hflip = True
-    config.data.mean = IMAGENET_MEAN
-    config.data.std = IMAGENET_STD
+    config.data = imagenet_data_config(dataset, batch_size, "m_per_class", samples_per_class=2)
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "embedding_net"

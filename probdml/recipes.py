@@ -48,6 +48,29 @@ PROXY_VARIANTS = ("pa", "pn")
 VARIANTS = (*IDML_LOSSES, "pa_compat", *(f"{k}_baseline" for k in IDML_LOSSES))
 
 
+def imagenet_data_config(
+    dataset: str, batch_size: int, sampler: str, samples_per_class: int
+) -> ml_collections.ConfigDict:
+    """The data section shared by the retrieval recipes: `dataset` from the TFDS data/manual dirs, train
+    augmentation random-resized-crop 224 (scale 0.08-1, ratio 3/4-4/3) + horizontal flip, evaluation
+    resize 256 + centre crop 224, ImageNet mean/std."""
+    data = ml_collections.ConfigDict()
+    data.name = dataset
+    data.data_dir = ""
+    data.manual_dir = ""
+    data.batch_size = batch_size
+    data.sampler = sampler
+    data.samples_per_class = samples_per_class
+    data.image_size = 224
+    data.resize_size = 256
+    data.crop_scale = (0.08, 1.0)
+    data.crop_ratio = (3 / 4, 4 / 3)
+    data.hflip = True
+    data.mean = IMAGENET_MEAN
+    data.std = IMAGENET_STD
+    return data
+
+
 def idml_retrieval_config(
     variant: str,
     *,
@@ -91,20 +114,9 @@ def idml_retrieval_config(
         dict(enabled=False, coordinator_address="", num_processes=1, process_id=0)
     )
 
-    config.data = ml_collections.ConfigDict()
-    config.data.name = dataset
-    config.data.data_dir = ""
-    config.data.manual_dir = ""
-    config.data.batch_size = batch_size
-    config.data.sampler = "random" if loss_key in PROXY_VARIANTS else "m_per_class"
-    config.data.samples_per_class = 4
-    config.data.image_size = 224
-    config.data.resize_size = 256
-    config.data.crop_scale = (0.08, 1.0)
-    config.data.crop_ratio = (3 / 4, 4 / 3)
-    config.data.hflip = True
-    config.data.mean = IMAGENET_MEAN
-    config.data.std = IMAGENET_STD
+    config.data = imagenet_data_config(
+        dataset, batch_size, "random" if loss_key in PROXY_VARIANTS else "m_per_class", samples_per_class=4
+    )
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "embedding_net"
