@@ -41,15 +41,9 @@ IMAGE_DEFAULTS = {
 }
 
 
-def _contiguous(labels: np.ndarray) -> np.ndarray:
-    return np.unique(labels, return_inverse=True)[1].astype(np.int32)
+class _LabelledSplit:
+    """What every split offers through its `labels` int32 [N] (original class ids)."""
 
-
-@dataclasses.dataclass(frozen=True)
-class ArrayDataset:
-    """A split held in memory: images uint8 [N, H, W, C], labels int32 [N] (original class ids)."""
-
-    images: np.ndarray
     labels: np.ndarray
 
     def __len__(self) -> int:
@@ -59,14 +53,22 @@ class ArrayDataset:
     def num_classes(self) -> int:
         return len(np.unique(self.labels))
 
+    def contiguous_labels(self) -> np.ndarray:
+        """Labels remapped to 0..num_classes-1 in sorted class-id order (for proxies)."""
+        return np.unique(self.labels, return_inverse=True)[1].astype(np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class ArrayDataset(_LabelledSplit):
+    """A split held in memory: images uint8 [N, H, W, C], labels int32 [N] (original class ids)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
     @property
     def image_shape(self) -> tuple[int, ...]:
         """Shape of one image of the batches the pipelines deliver."""
         return tuple(self.images.shape[1:])
-
-    def contiguous_labels(self) -> np.ndarray:
-        """Labels remapped to 0..num_classes-1 in sorted class-id order (for proxies)."""
-        return _contiguous(self.labels)
 
     def take(self, indices: np.ndarray) -> ArrayDataset:
         """The examples at `indices`, in that order."""
@@ -74,7 +76,7 @@ class ArrayDataset:
 
 
 @dataclasses.dataclass(frozen=True)
-class ImageDataset:
+class ImageDataset(_LabelledSplit):
     """A split of encoded JPEG images read by index.
 
     `source[i]` is the JPEG bytes of example i (any random-access sequence: a list, or the TFDS
@@ -88,21 +90,10 @@ class ImageDataset:
     filenames: np.ndarray
     image_size: int = IMAGE_DEFAULTS["image_size"]
 
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def num_classes(self) -> int:
-        return len(np.unique(self.labels))
-
     @property
     def image_shape(self) -> tuple[int, ...]:
         """Shape of one image of the batches the pipelines deliver: (image_size, image_size, 3)."""
         return (self.image_size, self.image_size, 3)
-
-    def contiguous_labels(self) -> np.ndarray:
-        """Labels remapped to 0..num_classes-1 in sorted class-id order (for proxies)."""
-        return _contiguous(self.labels)
 
     def encoded(self, indices: Sequence[int]) -> list[bytes]:
         """The JPEG bytes of the examples at `indices` (one batched read when the source has one)."""
