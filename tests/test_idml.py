@@ -250,7 +250,7 @@ def digits_idml_run(digits_data_dir, tmp_path_factory):
         [sys.executable, "-m", "probdml.main", "--config=configs/digits_idml.py", f"--workdir={workdir}",
          f"--config.data.data_dir={digits_data_dir}", "--config.num_steps=100", "--config.eval_every=100",
          "--config.checkpoint_every=100", "--config.log_every=50", "--config.eval.clustering=False",
-         "--config.checkpoint_best_metric="],
+         "--config.selection.split="],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -355,7 +355,7 @@ def load_run(config: ml_collections.ConfigDict, workdir: str):
     from probdml import checkpointing, data, parallel, train
 
     mesh = parallel.make_mesh(1)
-    train_ds = data.load_split(config.data, "train")
+    train_ds = data.load_split(config.data, train.selection(config).train_split)  # the split it trained on
     test_ds = data.load_split(config.data, "test")
     setup = train.create_setup(config, mesh, train_ds.num_classes, train_ds.image_shape)
     mngr = checkpointing.manager(workdir, int(config.keep_checkpoints))
