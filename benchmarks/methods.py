@@ -1,4 +1,4 @@
-"""Methods x seeds on an embedded dataset (glyphs or digits) under one budget, as a table of means and spread.
+"""Methods x seeds on an embedded dataset (glyphs, digits or glyphs_ambiguous) under one budget, as a table of means and spread.
 
 Every method trains the same network on the same data for the same number of steps with the same
 batch size; only the loss/similarity (and, for IDML, the uncertainty head and Mixup) differ. Each run
@@ -41,7 +41,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-DATASETS = ("glyphs", "digits")
+DATASETS = ("glyphs", "digits", "glyphs_ambiguous")
 METHODS = ("proxy_anchor", "idml_proxy_anchor", "el_nivmf", "el_nivmf_d16", "proxy_anchor_mixup", "idml_compat")
 COLUMNS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "nmi")
 
