@@ -161,7 +161,7 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     parent = os.path.dirname(os.path.abspath(workdir))
     if not os.path.isdir(parent):
         raise ConfigError(f"workdir parent directory does not exist: {parent}")
-    data.check_name(config.data.name)
+    data.check_builder_config(config.data)  # dataset name and builder config
     if config.data.sampler not in data.pipeline.SAMPLERS:
         raise unknown_choice("sampler", config.data.sampler, data.pipeline.SAMPLERS)
     if config.model.name not in models.MODELS:
