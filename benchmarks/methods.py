@@ -72,16 +72,16 @@ def _set(config, dotted: str, value) -> None:
     node[leaf] = value
 
 
-def method_config(dataset: str, method: str, steps: int = 0):
-    """The config of `method` on `dataset` (see the module docstring), with `steps` training steps (0 = the
-    config's own) applied before the ablation overrides that depend on it."""
+def method_config(dataset: str, method: str, steps: int = 0, batch_size: int = 0):
+    """The config of `method` on `dataset` (see the module docstring), with `steps` training steps and batch
+    size `batch_size` (0 = the config's own) applied before the ablation overrides that depend on them."""
     import ml_collections
 
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
     if method in VARIANTS:
         base, overrides = VARIANTS[method]
-        config = method_config(dataset, base, steps)
+        config = method_config(dataset, base, steps, batch_size)
         for key, value in overrides.items():
             _set(config, key, value)
         return config
@@ -102,22 +102,25 @@ def method_config(dataset: str, method: str, steps: int = 0):
         config.num_steps = steps
         if "decay_steps" in config.optim:
             config.optim.decay_steps = steps
+    if batch_size > 0:
+        config.data.batch_size = batch_size
     return config
 
 
-def run(dataset: str, method: str, seed: int, steps: int, evals: int, data_dir: str, root: str) -> dict:
+def run(dataset: str, method: str, seed: int, steps: int, batch_size: int, evals: int, data_dir: str,
+        root: str) -> dict:
     """Train and evaluate one (method, seed) in root/<method>_<seed>: the summary of its final_metrics.json
     (test at the val-selected step where the dataset selects, else at the final step) plus wall seconds."""
     from probdml import train
 
     workdir = os.path.join(root, f"{method}_{seed}")
-    config = method_config(dataset, method, steps)
+    config = method_config(dataset, method, steps, batch_size)
     config.seed = seed
     done = os.path.join(workdir, "benchmark_result.json")
     if os.path.exists(done):
         with open(done) as f:
             result = json.load(f)
-        if result.get("steps") == config.num_steps:
+        if (result.get("steps"), result.get("batch_size")) == (config.num_steps, config.data.batch_size):
             print(f"{method} seed {seed}: read back from {done}", flush=True)
             return result
     config.data.data_dir = data_dir
@@ -127,7 +130,7 @@ def run(dataset: str, method: str, seed: int, steps: int, evals: int, data_dir: 
     t0 = time.perf_counter()
     record = train.train_and_evaluate(config, workdir)
     result = summarize(record)
-    result.update(steps=config.num_steps, seconds=time.perf_counter() - t0)
+    result.update(steps=config.num_steps, batch_size=config.data.batch_size, seconds=time.perf_counter() - t0)
     with open(done, "w") as f:
         json.dump(result, f, indent=1)
     return result
@@ -233,6 +236,7 @@ def main() -> None:
                         choices=METHODS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=0, help="training steps of every run (0 = the configs')")
+    parser.add_argument("--batch_size", type=int, default=0, help="batch size of every run (0 = the configs')")
     parser.add_argument("--evals", type=int, default=4, help="evaluations per run (val where the dataset selects)")
     parser.add_argument("--data_dir", default="", help="TFDS data dir ('' = $TFDS_DATA_DIR or ~/tensorflow_datasets)")
     parser.add_argument("--workdir", default="", help="where the runs go (default: a temporary directory)")
@@ -246,7 +250,8 @@ def main() -> None:
     results: dict[str, dict[int, dict]] = {m: {} for m in args.methods}
     for seed in args.seeds:  # seed-major: every method has a result early
         for method in args.methods:
-            results[method][seed] = run(args.dataset, method, seed, args.steps, args.evals, args.data_dir, root)
+            results[method][seed] = run(args.dataset, method, seed, args.steps, args.batch_size, args.evals,
+                                        args.data_dir, root)
 
     baseline = None
     if not args.no_baseline:
@@ -258,20 +263,21 @@ def main() -> None:
             baseline = raw_pixel_baseline(args.dataset, args.data_dir)
             with open(cached, "w") as f:
                 json.dump(baseline, f, indent=1)
-    steps = args.steps or method_config(args.dataset, args.methods[0]).num_steps
+    config = method_config(args.dataset, args.methods[0], args.steps, args.batch_size)
+    steps = f"{config.num_steps} steps of batch {config.data.batch_size}"
     first = next(iter(next(iter(results.values())).values()))
     where = ("test metrics at the val-selected step (R@1 final: the last step)" if first["reported_step"] !=
              first["final_step"] or args.dataset != "digits" else "test metrics at the final step")
     severity = any("spearman_severity/nn_similarity" in r for by in results.values() for r in by.values())
     print()
-    print(f"{args.dataset}: unseen test classes, {steps} steps, {where}; mean ± std over seeds "
+    print(f"{args.dataset}: unseen test classes, {steps}, {where}; mean ± std over seeds "
           f"{' '.join(map(str, args.seeds))}")
     print(table(results, baseline, severity))
     for method in args.methods:
         print(f"{method}: recall@1 per seed " + " ".join(f"{results[method][s]['recall@1']:.4f}" for s in args.seeds)
               + "; reported steps " + " ".join(str(results[method][s]["reported_step"]) for s in args.seeds))
     if args.plot:
-        plot(results, args.plot, f"{args.dataset}, {steps} steps, test classes, val-selected step, "
+        plot(results, args.plot, f"{args.dataset}, {steps}, test classes, val-selected step, "
                                  f"mean of seeds {' '.join(map(str, args.seeds))}")
         print(f"wrote {args.plot}")
     if args.json:
