@@ -159,23 +159,22 @@ def uncertainty_report(
         raise ValueError(f"correct must be one-dimensional, got shape {correct.shape}")
     if primary is not None and primary not in scores:
         raise ValueError(f"primary score {primary!r} is not one of {sorted(scores)}")
-    out: dict[str, float] = {}
-    for name, score in scores.items():
-        score = np.asarray(score, np.float64)
+    arrays = {name: np.asarray(score, np.float64) for name, score in scores.items()}
+    for name, score in arrays.items():
         if score.shape != correct.shape:
             raise ValueError(f"score {name!r} must have one value per query, got {score.shape} for {correct.shape}")
-        out[f"r_auroc/{name}"] = uncertainty_auroc(score, correct)
-        _, kept = rejection_curve(score, correct, fractions)
-        for f, acc in zip(fractions, kept):
-            out[f"recall@1/reject{round(100 * f)}/{name}"] = float(acc)
-            if name == primary:
-                out[f"recall@1/reject{round(100 * f)}"] = float(acc)
-        if severity is not None:
-            out[f"spearman_severity/{name}"] = spearman(score, severity)
+    out: dict[str, float] = {f"r_auroc/{name}": uncertainty_auroc(score, correct) for name, score in arrays.items()}
+    kept = {name: rejection_curve(score, correct, fractions)[1] for name, score in arrays.items()}
+    percents = [round(100 * f) for f in fractions]
+    if primary is not None:
+        out.update({f"recall@1/reject{p}": float(acc) for p, acc in zip(percents, kept[primary])})
+    for name in arrays:
+        out.update({f"recall@1/reject{p}/{name}": float(acc) for p, acc in zip(percents, kept[name])})
     if severity is not None:
         severity = np.asarray(severity, np.float64)
         if severity.shape != correct.shape:
             raise ValueError(f"severity must have one value per query, got {severity.shape} for {correct.shape}")
+        out.update({f"spearman_severity/{name}": spearman(score, severity) for name, score in arrays.items()})
         bins = accuracy_by_quantile_bin(severity, correct, NUM_SEVERITY_BINS)
         for j, acc in enumerate(bins["accuracy"], start=1):
             out[f"recall@1/severity_q{j}"] = acc
