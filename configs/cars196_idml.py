@@ -1,7 +1,7 @@
 """IDML on Cars196 (classes 1-98 train, 99-196 test), the paper's retrieval protocol.
 
 ResNet-50, batch 120, 60 epochs, AdamW lr 2.5e-4 halved every 10 epochs, 5 warm-up epochs
-(specs/idml.md section 4; probdml.recipes documents the variants and the protocol).
+(docs/methods/idml.md#training-protocol; probdml.recipes documents the variants and the protocol).
 
     python -m probdml.main --config=configs/cars196_idml.py --workdir=W --config.model.pretrained=DIR
     --config=configs/cars196_idml.py:pa_compat   the official code's IDML-ProxyAnchor

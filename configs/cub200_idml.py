@@ -1,7 +1,7 @@
 """IDML on CUB-200-2011 (classes 1-100 train, 101-200 test), the paper's retrieval protocol.
 
 ResNet-50, batch 120, 60 epochs, AdamW lr 6e-4 halved every 5 epochs, 5 warm-up epochs
-(specs/idml.md section 4; probdml.recipes documents the variants and the protocol).
+(docs/methods/idml.md#training-protocol; probdml.recipes documents the variants and the protocol).
 
     python -m probdml.main --config=configs/cub200_idml.py --workdir=W --config.model.pretrained=DIR
     --config=configs/cub200_idml.py:pa_compat   the official code's IDML-ProxyAnchor

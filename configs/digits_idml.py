@@ -55,7 +55,7 @@ def idml_from(config: ml_collections.ConfigDict, variant: str = "") -> ml_collec
 
     if variant == "compat":
         # The official code: u L2-normalised in the model and in the metric, beta + 4, raw proxies in
-        # the exponent, tau = 5 (specs/idml.md D1-D3).
+        # the exponent, tau = 5 (docs/methods/idml.md, D1-D3).
         config.model.uncertainty_l2_normalize = True
         config.loss.similarity_options.update(ISM_COMPAT_PRESET)
     return config

@@ -1,7 +1,7 @@
 """IDML on Stanford Online Products (Ebay_train / Ebay_test: 11,318 / 11,316 classes), the paper's protocol.
 
 ResNet-50, batch 120, 60 epochs, AdamW lr 6e-4 times 0.25 every 10 epochs, 5 warm-up epochs
-(specs/idml.md section 4; probdml.recipes documents the variants and the protocol). Evaluated every
+(docs/methods/idml.md#training-protocol; probdml.recipes documents the variants and the protocol). Evaluated every
 5 epochs (60,502 test images, k-means with 11,316 clusters for NMI).
 
     python -m probdml.main --config=configs/sop_idml.py --workdir=W --config.model.pretrained=DIR

@@ -1,4 +1,4 @@
-"""EL-nivMF experiment recipes (specs/nivmf.md sections 3.7-3.8, 6): the official runs and the Figure-5 ablation.
+"""EL-nivMF experiment recipes (docs/methods/nivmf.md#training-protocol, docs/methods/nivmf.md#the-official-runs): the official runs and the Figure-5 ablation.
 
 `nivmf_retrieval_config(dataset, run)` returns a complete ml_collections config for dataset 'cub200',
 'cars196' or 'sop' (configs/nivmf/<dataset>.py: `--config=configs/nivmf/cub200.py:<run>`); `run_names()`
@@ -23,7 +23,7 @@ lists every run:
                           only where the official code applies them (C13). The temperature stays
                           log-parameterised (the official T is unconstrained and can cross 0, C8).
 
-SOP has no official recipe (specs/nivmf.md C12): its 'r128'/'r512' values are CUB's, NOT the official code's.
+SOP has no official recipe (docs/methods/nivmf.md, C12): its 'r128'/'r512' values are CUB's, NOT the official code's.
 The Figure-5 protocol is the official CUB one, applied unchanged to every dataset and dimension.
 
 Protocol (official code): ImageNet ResNet-50 with frozen BatchNorm statistics, global average pooling,
@@ -42,7 +42,7 @@ from ml_collections import config_dict
 from probdml.recipes import TRAIN_IMAGES, imagenet_data_config
 
 
-# example_runs.sh (specs/nivmf.md section 3.8): epochs, milestones (epochs), gamma, proxy lr x, kappa lr x,
+# example_runs.sh (docs/methods/nivmf.md#the-official-runs): epochs, milestones (epochs), gamma, proxy lr x, kappa lr x,
 # concentration, init_norm_multiplier, guidance weight. SOP has no official recipe: its entries reuse
 # CUB's and are NOT from the official code.
 OFFICIAL_RUNS: dict[tuple[str, int], dict] = {
@@ -156,7 +156,7 @@ def nivmf_retrieval_config(dataset: str, run: str = "r512", *, reference_gating:
                            ) -> ml_collections.ConfigDict:
     """The config of `run` (one of `run_names()`) on `dataset` ('cub200', 'cars196', 'sop'); see the
     module docstring. `reference_gating` (Figure-5 runs only; implied by the '_compat' ones) drops warm
-    start and init_norm_multiplier for the distances the official code does not gate in (specs/nivmf.md
+    start and init_norm_multiplier for the distances the official code does not gate in (docs/methods/nivmf.md
     C13)."""
     if dataset not in TRAIN_IMAGES:
         raise ValueError(f"unknown dataset {dataset!r}; valid: {', '.join(TRAIN_IMAGES)}")

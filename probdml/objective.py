@@ -94,7 +94,7 @@ PROXY_LOSSES = ("proxy_anchor", "proxy_nca", "proxy_nca_pp", "normalized_softmax
 # so the proxies' angular step size scales as 1/|v| as in the official weight_norm parameterisation.
 PROXY_KAPPA_DEFAULTS = {"proxy_concentration": 10.0, "kappa_param": "softplus", "kappa_min": 0.1}
 # Every proxy loss but SoftTriple: `warm_start` sets each proxy row to |row| * normalize(mean training
-# embedding of its class) before training (the EL-nivMF reference's warm start, specs/nivmf.md 3.4).
+# embedding of its class) before training (the EL-nivMF reference's warm start, docs/methods/nivmf.md#training-protocol).
 PROXY_COMMON_DEFAULTS = {"warm_start": False}
 KAPPA_PARAMS = ("softplus", "clamp")
 GUIDANCE_POSITIVES = ("columns", "proxies")

@@ -1,4 +1,4 @@
-"""Experiment recipes shared by the files in configs/: the IDML retrieval protocol (specs/idml.md section 4).
+"""Experiment recipes shared by the files in configs/: the IDML retrieval protocol (docs/methods/idml.md#training-protocol).
 
 `idml_retrieval_config(...)` returns a complete ml_collections config for one dataset and one variant:
 

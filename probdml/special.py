@@ -15,7 +15,7 @@ Methods, chosen per element:
 * ``nu >= NU_DEBYE``: Olver's uniform asymptotic (Debye) expansion, DLMF 10.41.3-4,
   with K = 15 (float64) / 5 (float32) terms, written so that nothing cancels:
   ``eta - z = 1/(s+z) - log1p((1 + 1/(s+z))/z)``; log C_p relative to its exact value
-  at kappa = 0 (the ``nu log kappa`` terms cancel analytically, nivmf.md App. A); the
+  at kappa = 0 (the ``nu log kappa`` terms cancel analytically, docs/numerics.md); the
   ratio as ``z/(1+s) (1 + (1+p) G/U)`` with ``G`` from the exact polynomial quotients
   ``g_k = (v_k - u_k)/(1 - p^2)``, and ``1 - R`` and ``x (1-R) - nu - 1/2`` likewise
   (``A_p`` relatively exact at kappa -> 0, ``kappa (1 - A_p)`` at kappa = 1e6).

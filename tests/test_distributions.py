@@ -98,7 +98,7 @@ def test_vmf_log_prob_integrates_to_one_and_broadcasts():
 
 
 def test_reference_log_normalizer_reproduces_the_official_fit():
-    """nivmf.md App. B item 7 and section 1.3 (values of +log C_p's quadratic fit)."""
+    """docs/methods/nivmf.md, C1 (values of +log C_p's quadratic fit)."""
     assert float(dist.reference_log_normalizer(500.0, 512)) == pytest.approx(625.742, abs=5e-4)
     assert float(dist.reference_log_normalizer(100.0, 128)) == pytest.approx(91.541, abs=5e-4)
     assert float(dist.reference_log_normalizer(100.0, 256)) == float(dist.reference_log_normalizer(100.0, 512))
@@ -295,7 +295,7 @@ def _closed_form_chunk(key, mu, mu_c, n):
 
 
 def test_sampler_expectations_match_closed_forms():
-    """nivmf.md App. B: p = 5, kappa = 3, kappa_c = 4, cos(mu, mu_c) = 0.6:
+    """docs/methods/nivmf.md#vmf-kernels: p = 5, kappa = 3, kappa_c = 4, cos(mu, mu_c) = 0.6:
     log E_{vMF(mu,3)}[vMF(x; mu_c, 4)] = -2.5887 and KL(vMF(mu,3) || vMF(mu_c,4)) = 0.8314."""
     mu = jnp.asarray([1.0, 0.0, 0.0, 0.0, 0.0])
     mu_c = jnp.asarray([0.6, 0.8, 0.0, 0.0, 0.0])

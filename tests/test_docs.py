@@ -7,8 +7,8 @@ Notebooks are rendered as saved, not executed.
 `test_referenced_paths_exist` reads the docs, the README, the notebooks, the configs, the benchmarks and
 every docstring and comment of the package for paths inside the repository (a first component such as
 probdml/, configs/, docs/, notebooks/, tests/, benchmarks/, or the former specs/) and fails on any that
-does not exist, and on any path outside the repository (/work/..., /tmp/... are allowed only as
-example workdirs).
+does not exist, on any `docs/<page>.md#<anchor>` whose page has no such heading, and on any path into
+a developer's machine (/work/...); /tmp/... paths are example workdirs and allowed.
 """
 
 from __future__ import annotations
@@ -28,8 +28,20 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 TOP = ("probdml", "configs", "docs", "notebooks", "tests", "benchmarks", "specs", ".ci")
 # A repository path: a known first component, then path characters; {a,b} alternatives are expanded.
 PATH = re.compile(r"(?<![\w./-])((?:%s)/[\w./{},*<>-]*[\w/}])" % "|".join(re.escape(t) for t in TOP))
+# A link into a page of the site: docs/<page>.md#<heading slug>.
+ANCHOR = re.compile(r"(?<![\w./-])(docs/[\w./-]+\.md)#([\w-]+)")
 # Absolute paths into the developers' machines (never valid in the repository).
 FOREIGN = re.compile(r"(?<![\w.])/work/[\w./-]+")
+
+
+def slug(heading: str) -> str:
+    """GitHub's (and MyST's myst_heading_anchors) anchor of a Markdown heading."""
+    text = re.sub(r"[`$*]", "", heading.strip().lower())
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def _anchors(page: pathlib.Path) -> set[str]:
+    return {slug(m.group(1)) for m in re.finditer(r"^#{1,6} (.+)$", page.read_text(encoding="utf-8"), re.M)}
 
 
 def _scanned_files() -> list[pathlib.Path]:
@@ -47,12 +59,19 @@ def _expand(ref: str) -> list[str]:
     return ["".join(choice) for choice in itertools.product(*options)]
 
 
+# Build outputs (git-ignored): a page may tell where they appear.
+GENERATED = ("docs/_build", "docs/_autosummary", "docs/notebooks/")
+
+
 def _exists(ref: str) -> bool:
     ref = ref.rstrip(".,:;)")
+    if ref.startswith(GENERATED):
+        return True
     if any(c in ref for c in "*<>"):  # a pattern such as configs/<file>.py or a glob
         ref = ref.split("<")[0].split("*")[0]
         ref = ref.rsplit("/", 1)[0] if "/" in ref else ref
-    return (ROOT / ref).exists()
+    # a toctree entry names a page without its suffix (notebooks/01_quickstart)
+    return any((ROOT / (ref + suffix)).exists() for suffix in ("", ".md", ".ipynb"))
 
 
 def test_referenced_paths_exist():
@@ -65,6 +84,11 @@ def test_referenced_paths_exist():
                 if not _exists(ref):
                     line = text.count("\n", 0, match.start()) + 1
                     missing.append(f"{rel}:{line}: {ref}")
+        for match in ANCHOR.finditer(text):
+            page = ROOT / match.group(1)
+            if page.is_file() and match.group(2) not in _anchors(page):
+                line = text.count("\n", 0, match.start()) + 1
+                missing.append(f"{rel}:{line}: {match.group(0)} (no such heading)")
         for match in FOREIGN.finditer(text):
             line = text.count("\n", 0, match.start()) + 1
             missing.append(f"{rel}:{line}: {match.group(0)} (outside the repository)")
@@ -75,8 +99,12 @@ def test_reference_check_catches_missing_files():
     assert _expand("configs/{digits,glyphs}_idml.py") == ["configs/digits_idml.py", "configs/glyphs_idml.py"]
     assert _exists("configs/digits_idml.py") and _exists("configs/<file>.py") and _exists("probdml/analysis/")
     assert not _exists("specs/idml.md") and not _exists("benchmarks/digits_methods.py")
+    assert _exists("notebooks/01_quickstart") and _exists("docs/_build/html") and not _exists("probdml/losses.py")
     found = [m.group(1) for m in PATH.finditer("see `specs/idml.md` D1, docs/methods/idml.md, and probdml/train.py.")]
     assert found == ["specs/idml.md", "docs/methods/idml.md", "probdml/train.py"]
+    assert slug("What `compat` reproduces: the compatibility preset") == "what-compat-reproduces-the-compatibility-preset"
+    assert "the-two-roles-of-the-norm" in _anchors(ROOT / "docs/methods/nivmf.md")
+    assert "no-such-heading" not in _anchors(ROOT / "docs/methods/nivmf.md")
 
 
 @pytest.mark.slow

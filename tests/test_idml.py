@@ -72,7 +72,7 @@ def _batch(seed=0, n=16, classes=4):
 
 
 def test_uncertainty_head_gets_gradients_in_paper_mode_and_is_inert_in_compat_mode():
-    """specs/idml.md D1: with u L2-normalised, beta = |u^|^2 = 1 and the head's gradient is ~1e-11 x the
+    """docs/methods/idml.md, D1: with u L2-normalised, beta = |u^|^2 = 1 and the head's gradient is ~1e-11 x the
     semantic head's; in paper mode (u raw) it is of the same order."""
     batch = _batch()
     setups = []

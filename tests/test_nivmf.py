@@ -1,4 +1,4 @@
-"""EL-nivMF and the vMF kernels against independent computations (specs/nivmf.md sections 1-3, App. B)."""
+"""EL-nivMF and the vMF kernels against independent computations (docs/methods/nivmf.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """configs/nivmf/*.py: every advertised run builds a valid config (no training), and the official
-hyper-parameters match specs/nivmf.md section 3.8 (values typed from the spec's tables)."""
+hyper-parameters match docs/methods/nivmf.md#the-official-runs (values typed from its tables)."""
 
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def test_top_level_aliases_match():
             assert alias.get_config(run).to_dict() == grid.get_config(run).to_dict()
 
 
-# specs/nivmf.md section 3.8 (example_runs.sh), typed from the table: epochs, milestones, gamma, dim,
+# docs/methods/nivmf.md#the-official-runs (example_runs.sh), typed from the table: epochs, milestones, gamma, dim,
 # proxy lr x, kappa lr x, concentration, init_norm x, guidance weight. Train images: CUB classes 1-100
 # 5864, Cars196 classes 1-98 8054, SOP Ebay_train 59551.
 SPEC_RUNS = {
@@ -163,7 +163,7 @@ def _similarity_of(run: str):
 
 def test_kl_cells_have_the_right_sign():
     """fig5_kl_iso: s = -KL(image || proxy) <= 0, zero for identical vMFs; the compat cell uses +KL with
-    A_p -> 1: log C(k) - log C(kc) + k - kc cos (specs/nivmf.md D4, C7)."""
+    A_p -> 1: log C(k) - log C(kc) + k - kc cos (docs/methods/nivmf.md#vmf-kernels and C7)."""
     e = jnp.array([[3.0, 4.0, 0.0, 0.0], [0.0, 0.0, 2.0, 0.0]])
     proxy = {"embedding": jnp.array([[0.6, 0.8, 0.0, 0.0]]), "kappa": jnp.array([5.0])}
     exact = _similarity_of("fig5_kl_iso")({"embedding": e}, proxy).similarity

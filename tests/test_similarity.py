@@ -350,7 +350,7 @@ def test_vmf_kernels_match_mpmath_and_the_spec_values():
     np.testing.assert_allclose(
         kl, _mp_log_c(p, k) - _mp_log_c(p, kc) + _mp_mean_length(p, k) * (k - kc * cos), rtol=1e-12)
     np.testing.assert_allclose(loglik, _mp_log_c(p, kc) + kc * cos, rtol=1e-12)
-    # specs/nivmf.md section 2 (D1, D4)
+    # docs/methods/nivmf.md#vmf-kernels
     assert abs(el - (-2.5887)) < 1e-4 and abs(bc - (-0.2003)) < 1e-4 and abs(kl - 0.8314) < 1e-4
 
 

@@ -1,4 +1,4 @@
-"""EL-nivMF and its ablation grid on Cars196 (specs/nivmf.md sections 3.7-3.8, 6, 8).
+"""EL-nivMF and its ablation grid on Cars196 (docs/methods/nivmf.md#training-protocol, docs/methods/nivmf.md#the-official-runs and C1-C18).
 
     python -m probdml.main --config=configs/nivmf/cars196.py:RUN --workdir=W --config.model.pretrained=DIR
 

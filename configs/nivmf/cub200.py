@@ -1,4 +1,4 @@
-"""EL-nivMF and its ablation grid on CUB-200-2011 (specs/nivmf.md sections 3.7-3.8, 6, 8).
+"""EL-nivMF and its ablation grid on CUB-200-2011 (docs/methods/nivmf.md#training-protocol, docs/methods/nivmf.md#the-official-runs and C1-C18).
 
     python -m probdml.main --config=configs/nivmf/cub200.py:RUN --workdir=W --config.model.pretrained=DIR
 

@@ -1,4 +1,4 @@
-"""EL-nivMF and its ablation grid on Stanford Online Products (specs/nivmf.md sections 3.7-3.8, 6, 8).
+"""EL-nivMF and its ablation grid on Stanford Online Products (docs/methods/nivmf.md#training-protocol, docs/methods/nivmf.md#the-official-runs and C1-C18).
 
     python -m probdml.main --config=configs/nivmf/sop.py:RUN --workdir=W --config.model.pretrained=DIR
 
@@ -15,7 +15,7 @@ RUN (default r512; probdml.nivmf_recipes documents the protocol and every value)
   fig5_<cell>_compat             the official code's computation of a cell it has: el_niso, el_iso,
                                  bhattacharyya_iso, kl_iso, loglik_niso, l2_iso, cosine_iso
 
-SOP has no official recipe (specs/nivmf.md C12): r128/r512 use CUB-200-2011's hyper-parameters, NOT values
+SOP has no official recipe (docs/methods/nivmf.md, C12): r128/r512 use CUB-200-2011's hyper-parameters, NOT values
 from the official code. Evaluation: recall@1/10/100/1000, no clustering (11,316 test classes).
 """
 

@@ -1,4 +1,4 @@
-"""IDML gradient and uncertainty analysis (specs/idml.md section 2), with jax.grad.
+"""IDML gradient and uncertainty analysis (docs/methods/idml.md#gradient-analysis), with jax.grad.
 
 The introspective distance D = alpha e^{-r}, r = beta / (tau alpha') (relative form; alpha' = alpha
 except in the official code's compat_raw_proxy mode) has

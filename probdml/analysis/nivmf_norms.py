@@ -1,4 +1,4 @@
-"""The embedding norm of an EL-nivMF run as certainty, and its two roles in the loss (specs/nivmf.md section 5).
+"""The embedding norm of an EL-nivMF run as certainty, and its two roles in the loss (docs/methods/nivmf.md#the-two-roles-of-the-norm).
 
     python -m probdml.analysis.nivmf_norms --workdir=W [--out=DIR] [--num_samples=512] [--num_shown=8]
 
@@ -449,7 +449,7 @@ def _plot_role(path, sweep, key, ylabel, analytic, jax_values, quantity, extra: 
     right.scatter(analytic, jax_values, s=6)
     lo, hi = float(np.min(analytic)), float(np.max(analytic))
     right.plot([lo, hi], [lo, hi], color="gray", lw=0.8)
-    right.set_xlabel(f"{quantity}, analytic (specs/nivmf.md section 5)")
+    right.set_xlabel(f"{quantity}, analytic (docs/methods/nivmf.md#the-two-roles-of-the-norm)")
     right.set_ylabel(f"{quantity}, jax.grad")
     right.grid(alpha=0.3)
     fig.savefig(path, dpi=120)

@@ -41,7 +41,7 @@ def proxy_anchor(
     `sample_mask` ([B] bool) excludes padded samples.
     `positives_per="columns"`: the positive term is averaged over the batch's samples instead,
     1/B sum_j log(1 + sum_{i: y_i = y_j} exp(-alpha (s_{i,y_j} - margin))), so a class with k samples
-    counts k times (the EL-nivMF reference's guidance term, specs/nivmf.md section 3.3).
+    counts k times (the EL-nivMF reference's guidance term, docs/methods/nivmf.md#the-guidance-term).
     """
     check_proxy_inputs("proxy_anchor", sim, labels, sample_mask)
     if positives_per not in ("proxies", "columns"):

@@ -33,7 +33,7 @@ def el_vmf_similarity(q: jax.Array, r: jax.Array) -> jax.Array:
     """log expected-likelihood kernel between image vMFs (mu = e/|e|, kappa = |e|), [bq, br] nats:
 
     log int vMF(x; q) vMF(x; r) dx = log C_p(|q|) + log C_p(|r|) - log C_p(|q + r|),
-    |q + r| = sqrt(|q|^2 + |r|^2 + 2 q.r)  (specs/nivmf.md D2 between two images). Not an inner product
+    |q + r| = sqrt(|q|^2 + |r|^2 + 2 q.r)  (docs/methods/nivmf.md#vmf-kernels: EL between two images). Not an inner product
     of fixed features: `knn` evaluates it block by block.
     """
     p = q.shape[-1]

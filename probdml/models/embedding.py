@@ -7,7 +7,7 @@
 
 Outputs a dict: 'embedding' [B, embed_dim] (y, optionally y / sqrt(||y||^2 + 1e-12); or z, whose norm
 is the vMF concentration), 'uncertainty' [B, uncertainty_dim] (when the head exists; optionally
-L2-normalised as in the official IDML code, specs/idml.md D1), 'features' h [B, F], and with
+L2-normalised as in the official IDML code, docs/methods/idml.md, D1), 'features' h [B, F], and with
 `normalize_embedding` 'embedding_norm' ||y|| [B] (the norm before normalisation, an uncertainty baseline).
 
 Backbones (`backbone`): 'small_convnet' (SmallConvNet's pooled 'features', F = `hidden`; reads
