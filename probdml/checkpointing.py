@@ -49,3 +49,14 @@ def restore_latest(mngr: ocp.CheckpointManager, like: Any) -> Any | None:
         except Exception as e:  # orbax/tensorstore raise many types for damaged files
             warnings.warn(f"checkpoint at step {step} could not be restored ({type(e).__name__}: {e}); trying an older one")
     return None
+
+
+def restore_step(mngr: ocp.CheckpointManager, step: int, like: Any) -> Any:
+    """The checkpoint at `step`, restored with the structure, shapes, dtypes and shardings of `like`."""
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    return mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+
+
+def step_metrics(mngr: ocp.CheckpointManager, step: int) -> dict[str, float]:
+    """The evaluation metrics saved with the checkpoint at `step` ({} when it has none)."""
+    return dict(mngr.metrics(step) or {})

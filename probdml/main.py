@@ -58,10 +58,10 @@ def main(argv: list[str]) -> None:
 
     logging.set_verbosity(logging.WARNING)
     try:
-        metrics = train.train_and_evaluate(_CONFIG.value, FLAGS.workdir)
+        record = train.train_and_evaluate(_CONFIG.value, FLAGS.workdir)
     except ConfigError as e:
         _fail(str(e))
-    print("final " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    print(train.final_line(record))
 
 
 if __name__ == "__main__":

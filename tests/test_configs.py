@@ -52,7 +52,7 @@ def test_proxy_anchor_config_follows_the_official_recipe(
     for epoch in (0, step_epochs - 1, step_epochs, 2 * step_epochs + 1, 59):
         for step in (epoch * spe, (epoch + 1) * spe - 1):  # torch StepLR stepped once per epoch
             np.testing.assert_allclose(schedule(step), lr * gamma ** (epoch // step_epochs), rtol=1e-6)
-    assert config.checkpoint_best_metric == "test/recall@1"
+    assert (config.selection.split, config.selection.metric) == ("val", "recall@1")
     assert config.eval.ks == ((1, 10, 100, 1000) if name == "sop" else (1, 2, 4, 8))
 
 

@@ -269,7 +269,7 @@ def load_checkpoint(config, workdir: str):
     comes from `jax.eval_shape` of the initialisation (nothing is computed or compiled)."""
     from probdml import checkpointing, data, models, objective, optim, train
 
-    train_ds = data.load_split(config.data, "train")
+    train_ds = data.load_split(config.data, train.selection(config).train_split)  # the split it trained on
     model = models.build_model(config.model)
     obj = objective.build_objective(config.loss, train_ds.num_classes, config.model.embed_dim)
 
