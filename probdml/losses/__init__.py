@@ -14,42 +14,17 @@ listed in each docstring. `probdml.losses.registry` lists every loss with its fa
 pytorch-metric-learning class it follows.
 """
 
-from probdml.losses._common import (
-    masked_log1p_sum_exp,
-    masked_log_softmax,
-    masked_logsumexp,
-)
+from probdml.losses._common import masked_log1p_sum_exp, masked_log_softmax, masked_logsumexp
 from probdml.losses.pair import (
-    contrastive,
-    margin_loss,
-    multi_similarity,
-    npair,
-    triplet_margin,
+    circle, contrastive, generalized_lifted_structure, intra_pair_variance, lifted_structure, margin_loss,
+    multi_similarity, nca, npair, nt_xent, signal_to_noise_ratio_contrastive, snr_distance, sup_con,
+    triplet_margin, tuplet_margin,
 )
 from probdml.losses.proxy import (
-    arcface,
-    normalized_softmax,
-    proxy_anchor,
-    proxy_nca,
-    proxy_nca_pp,
-    proxy_subsample_mask,
-    soft_triple,
+    arcface, normalized_softmax, proxy_anchor, proxy_nca, proxy_nca_pp, proxy_subsample_mask, soft_triple,
 )
 from probdml.losses.ranking import fast_ap
-from probdml.losses.registry import (
-    ALIASES,
-    LOSS_REGISTRY,
-    LossSpec,
-    canonical_name,
-    pml_name_to_key,
-)
+from probdml.losses.registry import ALIASES, LOSS_REGISTRY, LossSpec, canonical_name, pml_name_to_key
 
 arc_face = arcface
 n_pairs = npair
-
-__all__ = [
-    "ALIASES", "LOSS_REGISTRY", "LossSpec", "arc_face", "arcface", "canonical_name", "contrastive", "fast_ap",
-    "margin_loss", "masked_log1p_sum_exp", "masked_log_softmax", "masked_logsumexp", "multi_similarity",
-    "n_pairs", "normalized_softmax", "npair", "pml_name_to_key", "proxy_anchor", "proxy_nca", "proxy_nca_pp",
-    "proxy_subsample_mask", "soft_triple", "triplet_margin",
-]

@@ -43,6 +43,17 @@ LOSS_REGISTRY: dict[str, LossSpec] = {
     "multi_similarity": LossSpec(pair.multi_similarity, "pair", "similarity", "MultiSimilarityLoss"),
     "n_pairs": LossSpec(pair.npair, "pair", "similarity", "NPairsLoss"),
     "fast_ap": LossSpec(ranking.fast_ap, "ranking", "distance", "FastAPLoss"),
+    "circle": LossSpec(pair.circle, "pair", "similarity", "CircleLoss"),
+    "sup_con": LossSpec(pair.sup_con, "pair", "similarity", "SupConLoss"),
+    "nt_xent": LossSpec(pair.nt_xent, "pair", "similarity", "NTXentLoss"),
+    "lifted_structure": LossSpec(pair.lifted_structure, "pair", "distance", "LiftedStructureLoss"),
+    "generalized_lifted_structure": LossSpec(pair.generalized_lifted_structure, "pair", "distance",
+                                             "GeneralizedLiftedStructureLoss"),
+    "tuplet_margin": LossSpec(pair.tuplet_margin, "pair", "similarity", "TupletMarginLoss"),
+    "intra_pair_variance": LossSpec(pair.intra_pair_variance, "pair", "similarity", "IntraPairVarianceLoss"),
+    "nca": LossSpec(pair.nca, "pair", "similarity", "NCALoss"),
+    "signal_to_noise_ratio_contrastive": LossSpec(pair.signal_to_noise_ratio_contrastive, "pair", "distance",
+                                                  "SignalToNoiseRatioContrastiveLoss"),
 }
 
 # Earlier probdml names -> registry names.
