@@ -93,3 +93,82 @@ def test_pair_loss_matches_pml(case):
     make_pml, ours = PAIR_CASES[case]
     emb = _emb(sorted(PAIR_CASES).index(case) + 1)
     _compare(_pml(make_pml(), emb, LABELS), _ours(jax.jit(ours), emb))
+
+
+def test_angular_matches_pml_on_unit_embeddings():
+    """PML dots (a^ + p^) with the raw negative embeddings (docstring): equal on unit-norm embeddings, values
+    and the gradients' tangential parts."""
+    emb = _emb(19)
+    emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    ref_value, (ref_g,) = _pml(pml_losses.AngularLoss(alpha=40), emb, LABELS)
+    value, (g,) = _ours(jax.jit(lambda e: losses.angular(_cos(e), Y)), emb)
+
+    def tangential(x):
+        return x - emb * np.sum(emb * x, axis=1, keepdims=True)
+
+    _close(value, ref_value)
+    _close(g, tangential(ref_g))
+    assert ref_value > 0
+
+
+PAIR_CASES_2 = {
+    "instance": (lambda: pml_losses.InstanceLoss(gamma=16), lambda e: losses.instance(_cos(e), Y, gamma=16.0)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PAIR_CASES_2))
+def test_pair_loss_2_matches_pml(case):
+    make_pml, ours = PAIR_CASES_2[case]
+    emb = _emb(20 + sorted(PAIR_CASES_2).index(case))
+    _compare(_pml(make_pml(), emb, LABELS), _ours(jax.jit(ours), emb))
+
+
+def _weights(seed, cols):
+    return np.random.default_rng(seed).normal(size=(D, cols)).astype(np.float32)
+
+
+def _by_w(fn):
+    """A proxy loss of the cosine between the embeddings and the columns of W [D, C]."""
+    return lambda e, w: fn(cosine(e, w.T))
+
+
+PROXY_CASES = {
+    "cos_face": (lambda: pml_losses.CosFaceLoss(num_classes=C, embedding_size=D, margin=0.35, scale=64), C,
+                 _by_w(lambda s: losses.cos_face(s, Y))),
+    "large_margin_softmax": (
+        lambda: pml_losses.LargeMarginSoftmaxLoss(num_classes=C, embedding_size=D, margin=4, scale=1), C,
+        lambda e, w: losses.large_margin_softmax(
+            cosine(e, w.T), Y, magnitudes=jnp.linalg.norm(e, axis=1)[:, None] * jnp.linalg.norm(w, axis=0)[None])),
+    "large_margin_softmax_m3": (
+        lambda: pml_losses.LargeMarginSoftmaxLoss(num_classes=C, embedding_size=D, margin=3, scale=0.5), C,
+        lambda e, w: losses.large_margin_softmax(
+            cosine(e, w.T), Y, margin=3, scale=0.5,
+            magnitudes=jnp.linalg.norm(e, axis=1)[:, None] * jnp.linalg.norm(w, axis=0)[None])),
+    "sphere_face": (lambda: pml_losses.SphereFaceLoss(num_classes=C, embedding_size=D, margin=4, scale=1), C,
+                    lambda e, w: losses.sphere_face(cosine(e, w.T), Y, embedding_norms=jnp.linalg.norm(e, axis=1))),
+    "sub_center_arc_face": (
+        lambda: pml_losses.SubCenterArcFaceLoss(num_classes=C, embedding_size=D, sub_centers=3), 3 * C,
+        _by_w(lambda s: losses.sub_center_arc_face(s, Y, sub_centers=3))),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PROXY_CASES))
+def test_proxy_loss_matches_pml(case):
+    make_pml, cols, ours = PROXY_CASES[case]
+    seed = 40 + sorted(PROXY_CASES).index(case)
+    emb, w = _emb(seed), _weights(seed + 100, cols)
+    _compare(_pml(make_pml(), emb, LABELS, [("W", w)]), _ours(jax.jit(ours), emb, w))
+
+
+def test_p2s_grad_matches_pml_value_and_embedding_gradient():
+    """PML renormalises its weights in place and differentiates the raw product: the embedding gradient
+    and the value agree; the weight gradient here is PML's projected onto the tangent space (docstring)."""
+    emb = _emb(50)
+    w = _weights(51, C)
+    w = w / np.linalg.norm(w, axis=0, keepdims=True)
+    loss = pml_losses.P2SGradLoss(descriptors_dim=D, num_classes=C)
+    ref_value, (ref_ge, ref_gw) = _pml(loss, emb, LABELS, [("weight", w)])
+    value, (ge, gw) = _ours(jax.jit(_by_w(lambda s: losses.p2s_grad(s, Y))), emb, w)
+    _close(value, ref_value)
+    _close(ge, ref_ge)
+    _close(gw, ref_gw - w * np.sum(w * ref_gw, axis=0, keepdims=True))

@@ -14,17 +14,97 @@ listed in each docstring. `probdml.losses.registry` lists every loss with its fa
 pytorch-metric-learning class it follows.
 """
 
-from probdml.losses._common import masked_log1p_sum_exp, masked_log_softmax, masked_logsumexp
+from probdml.losses._common import (
+    masked_log1p_sum_exp,
+    masked_log_softmax,
+    masked_logsumexp,
+)
 from probdml.losses.pair import (
-    circle, contrastive, generalized_lifted_structure, intra_pair_variance, lifted_structure, margin_loss,
-    multi_similarity, nca, npair, nt_xent, signal_to_noise_ratio_contrastive, snr_distance, sup_con,
-    triplet_margin, tuplet_margin,
+    angular,
+    circle,
+    contrastive,
+    generalized_lifted_structure,
+    instance,
+    intra_pair_variance,
+    lifted_structure,
+    margin_loss,
+    multi_similarity,
+    nca,
+    npair,
+    nt_xent,
+    signal_to_noise_ratio_contrastive,
+    snr_distance,
+    sup_con,
+    triplet_margin,
+    tuplet_margin,
 )
 from probdml.losses.proxy import (
-    arcface, normalized_softmax, proxy_anchor, proxy_nca, proxy_nca_pp, proxy_subsample_mask, soft_triple,
+    arcface,
+    cos_face,
+    large_margin_softmax,
+    normalized_softmax,
+    p2s_grad,
+    proxy_anchor,
+    proxy_nca,
+    proxy_nca_pp,
+    proxy_subsample_mask,
+    soft_triple,
+    sphere_face,
+    sub_center_arc_face,
 )
-from probdml.losses.ranking import fast_ap
-from probdml.losses.registry import ALIASES, LOSS_REGISTRY, LossSpec, canonical_name, pml_name_to_key
+from probdml.losses.ranking import (
+    fast_ap,
+)
+from probdml.losses.registry import (
+    ALIASES,
+    LOSS_REGISTRY,
+    LossSpec,
+    canonical_name,
+    pml_name_to_key,
+)
 
 arc_face = arcface
 n_pairs = npair
+
+__all__ = [
+    "ALIASES",
+    "LOSS_REGISTRY",
+    "LossSpec",
+    "angular",
+    "arc_face",
+    "arcface",
+    "canonical_name",
+    "circle",
+    "contrastive",
+    "cos_face",
+    "fast_ap",
+    "generalized_lifted_structure",
+    "instance",
+    "intra_pair_variance",
+    "large_margin_softmax",
+    "lifted_structure",
+    "margin_loss",
+    "masked_log1p_sum_exp",
+    "masked_log_softmax",
+    "masked_logsumexp",
+    "multi_similarity",
+    "n_pairs",
+    "nca",
+    "normalized_softmax",
+    "npair",
+    "nt_xent",
+    "p2s_grad",
+    "pml_name_to_key",
+    "proxy_anchor",
+    "proxy_nca",
+    "proxy_nca_pp",
+    "proxy_subsample_mask",
+    "signal_to_noise_ratio_contrastive",
+    "snr_distance",
+    "soft_triple",
+    "sphere_face",
+    "sub_center_arc_face",
+    "sup_con",
+    "triplet_margin",
+    "tuplet_margin",
+]

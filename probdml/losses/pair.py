@@ -14,6 +14,7 @@ from probdml.losses._common import (
     check_labels,
     check_matrix,
     check_pair_inputs,
+    cross_entropy,
     masked_log1p_sum_exp,
     masked_log_softmax,
     masked_logsumexp,
@@ -414,3 +415,53 @@ def signal_to_noise_ratio_contrastive(
                       pair_masks=(("pos_mask", pos_mask), ("neg_mask", neg_mask)))
     return contrastive(dist, labels, pos_margin=pos_margin, neg_margin=neg_margin, pos_mask=pos_mask,
                        neg_mask=neg_mask, sample_mask=sample_mask)
+
+
+def angular(
+    sim: jnp.ndarray,
+    labels: jnp.ndarray,
+    *,
+    alpha: float = 40.0,
+    pos_mask: jnp.ndarray | None = None,
+    neg_mask: jnp.ndarray | None = None,
+    sample_mask: jnp.ndarray | None = None,
+) -> jnp.ndarray:
+    """Angular loss (Wang et al., ICCV 2017), pytorch-metric-learning's AngularLoss (MeanReducer):
+
+    per positive pair (a, p), with t = tan^2(alpha) (alpha in degrees),
+    l_ap = log(1 + sum_{n in N_a} e^{4 t (s_an + s_pn) - 2 (1 + t) s_ap}); L = mean over positive pairs,
+    0 without negatives. s is the cosine (dot products of unit vectors, as in the paper).
+    Difference: pytorch-metric-learning dots the normalised a + p with the raw, unnormalised negative
+    embeddings; the two agree for unit-norm embeddings (values, and gradients up to their radial part).
+    """
+    check_pair_inputs("angular", "sim", sim, labels, sample_mask,
+                      pair_masks=(("pos_mask", pos_mask), ("neg_mask", neg_mask)))
+    pos, neg = _masks(labels, sample_mask, pos_mask, neg_mask)
+    t = math.tan(math.radians(alpha)) ** 2
+    inside = 4.0 * t * (sim[:, None, :] + sim[None, :, :]) - 2.0 * (1.0 + t) * sim[:, :, None]  # [a, p, n]
+    per_pair = masked_log1p_sum_exp(inside, jnp.broadcast_to(neg[:, None, :], inside.shape), axis=2)
+    per_pair = jnp.where(pos, per_pair, 0.0)
+    return masked_mean(per_pair, pos) * (jnp.any(pos) & jnp.any(neg))
+
+
+def instance(
+    sim: jnp.ndarray,
+    labels: jnp.ndarray,
+    *,
+    gamma: float = 64.0,
+    sample_mask: jnp.ndarray | None = None,
+) -> jnp.ndarray:
+    """Instance loss (Zheng et al., ACM TOMM 2020), pytorch-metric-learning's InstanceLoss:
+
+    L = mean_i -log softmax_j(gamma s_ij)[t_i] over the batch's columns, the target column t_i being the
+    rank of y_i among the batch's distinct labels (pytorch-metric-learning's torch.unique inverse). With
+    one label per instance (labels 0..B-1 in batch order) the target is the sample itself.
+    """
+    check_pair_inputs("instance", "sim", sim, labels, sample_mask)
+    valid = sample_valid(labels, sample_mask)
+    # rank of y_i among the distinct valid labels: the number of distinct valid labels below it
+    earlier = (labels[None, :] < labels[:, None]) & valid[None, :]
+    first = jnp.argmax((labels[None, :] == labels[:, None]) & valid[None, :], axis=1)
+    is_first = (first == jnp.arange(labels.shape[0])) & valid
+    rank = jnp.sum(earlier & is_first[None, :], axis=1)
+    return cross_entropy(gamma * sim, rank, jnp.broadcast_to(valid[None, :], sim.shape), valid)

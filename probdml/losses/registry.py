@@ -52,6 +52,13 @@ LOSS_REGISTRY: dict[str, LossSpec] = {
     "tuplet_margin": LossSpec(pair.tuplet_margin, "pair", "similarity", "TupletMarginLoss"),
     "intra_pair_variance": LossSpec(pair.intra_pair_variance, "pair", "similarity", "IntraPairVarianceLoss"),
     "nca": LossSpec(pair.nca, "pair", "similarity", "NCALoss"),
+    "cos_face": LossSpec(proxy.cos_face, "proxy", "similarity", "CosFaceLoss"),
+    "large_margin_softmax": LossSpec(proxy.large_margin_softmax, "proxy", "similarity", "LargeMarginSoftmaxLoss"),
+    "sphere_face": LossSpec(proxy.sphere_face, "proxy", "similarity", "SphereFaceLoss"),
+    "sub_center_arc_face": LossSpec(proxy.sub_center_arc_face, "proxy", "similarity", "SubCenterArcFaceLoss"),
+    "p2s_grad": LossSpec(proxy.p2s_grad, "proxy", "similarity", "P2SGradLoss"),
+    "angular": LossSpec(pair.angular, "pair", "similarity", "AngularLoss"),
+    "instance": LossSpec(pair.instance, "pair", "similarity", "InstanceLoss"),
     "signal_to_noise_ratio_contrastive": LossSpec(pair.signal_to_noise_ratio_contrastive, "pair", "distance",
                                                   "SignalToNoiseRatioContrastiveLoss"),
 }
