@@ -172,3 +172,34 @@ def test_p2s_grad_matches_pml_value_and_embedding_gradient():
     _close(value, ref_value)
     _close(ge, ref_ge)
     _close(gw, ref_gw - w * np.sum(w * ref_gw, axis=0, keepdims=True))
+
+
+# what PML's SmoothAP requires: equal-size contiguous classes; and as many classes as samples per class, since
+# it reshapes the batch into B / #classes groups of #classes (the group size only when the two are equal)
+BLOCK_LABELS = np.repeat(np.arange(4), 4)
+
+
+def test_smooth_ap_matches_pml_and_accepts_any_label_order():
+    emb = np.random.default_rng(60).normal(size=(16, D)).astype(np.float32)
+    ref = _pml(pml_losses.SmoothAPLoss(temperature=0.01), emb, BLOCK_LABELS)
+    _compare(ref, _ours(jax.jit(lambda e: losses.smooth_ap(_cos(e), jnp.asarray(BLOCK_LABELS))), emb))
+    # the same batch in another order (PML raises or misreads it): the same loss, gradients permuted alike
+    perm = np.random.default_rng(61).permutation(16)
+    value, (grad,) = _ours(jax.jit(lambda e: losses.smooth_ap(_cos(e), jnp.asarray(BLOCK_LABELS[perm]))), emb[perm])
+    _close(value, ref[0])
+    _close(grad, ref[1][0][perm])
+
+
+@pytest.mark.parametrize("variant", ["O", "Ds", "Dq", "Iu", "Ib"])
+def test_pnp_matches_pml(variant):
+    emb = _emb(70 + "O Ds Dq Iu Ib".split().index(variant))
+    # anneal 0.1: sigmoid arguments stay inside PML's +-50 clamp for most pairs, so gradients are non-trivial
+    ref = _pml(pml_losses.PNPLoss(b=2, alpha=1, anneal=0.1, variant=variant), emb, LABELS)
+    _compare(ref, _ours(jax.jit(lambda e: losses.pnp(_cos(e), Y, anneal=0.1, variant=variant)), emb))
+
+
+@pytest.mark.parametrize("n_bins", [10, 100])
+def test_histogram_matches_pml(n_bins):
+    emb = _emb(80 + n_bins)
+    ref = _pml(pml_losses.HistogramLoss(n_bins=n_bins), emb, LABELS)
+    _compare(ref, _ours(jax.jit(lambda e: losses.histogram(_cos(e), Y, n_bins=n_bins)), emb))

@@ -14,8 +14,8 @@ from probdml import losses
 from probdml.losses.registry import LOSS_REGISTRY
 
 B, C = 6, 4
-EXTRA = {"soft_triple": {"centers_per_class": 2}}
-COLUMNS = {"soft_triple": 2 * C}
+EXTRA = {"soft_triple": {"centers_per_class": 2}, "sub_center_arc_face": {"sub_centers": 2}}
+COLUMNS = {"soft_triple": 2 * C, "sub_center_arc_face": 2 * C}
 NAMES = sorted(LOSS_REGISTRY)
 SETTINGS = settings(max_examples=15, deadline=None)
 
@@ -77,7 +77,7 @@ def test_labels_of_wrong_shape_or_dtype_raise(name, bad):
 def test_proxy_labels_outside_the_proxies_raise_when_concrete(name, offset, where):
     x, labels = _good(name)
     labels = labels.copy()
-    num_classes = x.shape[1] // EXTRA.get(name, {}).get("centers_per_class", 1)
+    num_classes = x.shape[1] // COLUMNS.get(name, C) * C
     labels[where] = offset if offset < 0 else num_classes + offset
     message = _raises(name, x, labels, "labels")
     assert f"[0, {num_classes})" in message

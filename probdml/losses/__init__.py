@@ -54,6 +54,9 @@ from probdml.losses.proxy import (
 )
 from probdml.losses.ranking import (
     fast_ap,
+    histogram,
+    pnp,
+    smooth_ap,
 )
 from probdml.losses.registry import (
     ALIASES,
@@ -79,6 +82,7 @@ __all__ = [
     "cos_face",
     "fast_ap",
     "generalized_lifted_structure",
+    "histogram",
     "instance",
     "intra_pair_variance",
     "large_margin_softmax",
@@ -95,11 +99,13 @@ __all__ = [
     "nt_xent",
     "p2s_grad",
     "pml_name_to_key",
+    "pnp",
     "proxy_anchor",
     "proxy_nca",
     "proxy_nca_pp",
     "proxy_subsample_mask",
     "signal_to_noise_ratio_contrastive",
+    "smooth_ap",
     "snr_distance",
     "soft_triple",
     "sphere_face",

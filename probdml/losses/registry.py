@@ -21,6 +21,7 @@ class LossSpec(NamedTuple):
     family: str  # one of FAMILIES: which matrix shape it takes (proxy: [B, C]; others: [B, B])
     reads: str  # 'similarity' or 'distance': which field of similarity.Pairwise it is defined on
     pml: str | None  # the pytorch-metric-learning class it follows (None: no counterpart)
+    bounded: bool = False  # defined only on a cosine-like similarity in [-1, 1] (angular margins, clipping)
 
 
 def pml_name_to_key(class_name: str) -> str:
@@ -35,7 +36,7 @@ LOSS_REGISTRY: dict[str, LossSpec] = {
     "proxy_nca": LossSpec(proxy.proxy_nca, "proxy", "similarity", "ProxyNCALoss"),
     "proxy_nca_pp": LossSpec(proxy.proxy_nca_pp, "proxy", "similarity", None),
     "normalized_softmax": LossSpec(proxy.normalized_softmax, "proxy", "similarity", "NormalizedSoftmaxLoss"),
-    "arc_face": LossSpec(proxy.arcface, "proxy", "similarity", "ArcFaceLoss"),
+    "arc_face": LossSpec(proxy.arcface, "proxy", "similarity", "ArcFaceLoss", bounded=True),
     "soft_triple": LossSpec(proxy.soft_triple, "proxy", "similarity", "SoftTripleLoss"),
     "contrastive": LossSpec(pair.contrastive, "pair", "distance", "ContrastiveLoss"),
     "triplet_margin": LossSpec(pair.triplet_margin, "pair", "distance", "TripletMarginLoss"),
@@ -43,22 +44,25 @@ LOSS_REGISTRY: dict[str, LossSpec] = {
     "multi_similarity": LossSpec(pair.multi_similarity, "pair", "similarity", "MultiSimilarityLoss"),
     "n_pairs": LossSpec(pair.npair, "pair", "similarity", "NPairsLoss"),
     "fast_ap": LossSpec(ranking.fast_ap, "ranking", "distance", "FastAPLoss"),
-    "circle": LossSpec(pair.circle, "pair", "similarity", "CircleLoss"),
+    "circle": LossSpec(pair.circle, "pair", "similarity", "CircleLoss", bounded=True),
     "sup_con": LossSpec(pair.sup_con, "pair", "similarity", "SupConLoss"),
     "nt_xent": LossSpec(pair.nt_xent, "pair", "similarity", "NTXentLoss"),
     "lifted_structure": LossSpec(pair.lifted_structure, "pair", "distance", "LiftedStructureLoss"),
     "generalized_lifted_structure": LossSpec(pair.generalized_lifted_structure, "pair", "distance",
                                              "GeneralizedLiftedStructureLoss"),
-    "tuplet_margin": LossSpec(pair.tuplet_margin, "pair", "similarity", "TupletMarginLoss"),
+    "tuplet_margin": LossSpec(pair.tuplet_margin, "pair", "similarity", "TupletMarginLoss", bounded=True),
     "intra_pair_variance": LossSpec(pair.intra_pair_variance, "pair", "similarity", "IntraPairVarianceLoss"),
     "nca": LossSpec(pair.nca, "pair", "similarity", "NCALoss"),
-    "cos_face": LossSpec(proxy.cos_face, "proxy", "similarity", "CosFaceLoss"),
-    "large_margin_softmax": LossSpec(proxy.large_margin_softmax, "proxy", "similarity", "LargeMarginSoftmaxLoss"),
-    "sphere_face": LossSpec(proxy.sphere_face, "proxy", "similarity", "SphereFaceLoss"),
-    "sub_center_arc_face": LossSpec(proxy.sub_center_arc_face, "proxy", "similarity", "SubCenterArcFaceLoss"),
-    "p2s_grad": LossSpec(proxy.p2s_grad, "proxy", "similarity", "P2SGradLoss"),
-    "angular": LossSpec(pair.angular, "pair", "similarity", "AngularLoss"),
+    "cos_face": LossSpec(proxy.cos_face, "proxy", "similarity", "CosFaceLoss", bounded=True),
+    "large_margin_softmax": LossSpec(proxy.large_margin_softmax, "proxy", "similarity", "LargeMarginSoftmaxLoss", bounded=True),
+    "sphere_face": LossSpec(proxy.sphere_face, "proxy", "similarity", "SphereFaceLoss", bounded=True),
+    "sub_center_arc_face": LossSpec(proxy.sub_center_arc_face, "proxy", "similarity", "SubCenterArcFaceLoss", bounded=True),
+    "p2s_grad": LossSpec(proxy.p2s_grad, "proxy", "similarity", "P2SGradLoss", bounded=True),
+    "angular": LossSpec(pair.angular, "pair", "similarity", "AngularLoss", bounded=True),
     "instance": LossSpec(pair.instance, "pair", "similarity", "InstanceLoss"),
+    "smooth_ap": LossSpec(ranking.smooth_ap, "ranking", "similarity", "SmoothAPLoss"),
+    "pnp": LossSpec(ranking.pnp, "ranking", "similarity", "PNPLoss"),
+    "histogram": LossSpec(ranking.histogram, "ranking", "similarity", "HistogramLoss", bounded=True),
     "signal_to_noise_ratio_contrastive": LossSpec(pair.signal_to_noise_ratio_contrastive, "pair", "distance",
                                                   "SignalToNoiseRatioContrastiveLoss"),
 }
