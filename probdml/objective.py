@@ -94,8 +94,14 @@ GENERIC_PROXY_LOSSES = ("cos_face", "large_margin_softmax", "sphere_face", "sub_
 GENERIC_PAIR_LOSSES = (
     "circle", "sup_con", "nt_xent", "lifted_structure", "generalized_lifted_structure", "tuplet_margin",
     "intra_pair_variance", "nca", "signal_to_noise_ratio_contrastive", "angular", "instance", "smooth_ap", "pnp",
-    "histogram",
+    "histogram", "threshold_consistent_margin", "ranked_list",
 )
+# Label-free losses of the registry that the supervised trainer cannot feed (two views per image; random
+# meta-classes): they exist as array functions only.
+LABEL_FREE_LOSSES = {
+    "vic_reg": "it compares two augmented views of each image, and the trainer feeds one",
+    "manifold": "it is label-free (random meta-class proxies), and the trainer optimises labelled retrieval",
+}
 _SUPPLIED = ("sample_mask", "pos_mask", "neg_mask", "magnitudes", "embedding_norms")
 
 
@@ -412,6 +418,9 @@ def _similarity(cfg: ml_collections.ConfigDict) -> Callable[..., similarity.Pair
 
 def build_objective(loss_cfg: ml_collections.ConfigDict, num_classes: int, embed_dim: int) -> Objective:
     """The objective named by `loss_cfg.name` with the similarity `loss_cfg.similarity`."""
+    if loss_cfg.name in LABEL_FREE_LOSSES:
+        raise ConfigError(f"loss {loss_cfg.name!r} has no config objective: {LABEL_FREE_LOSSES[loss_cfg.name]} "
+                          f"(use probdml.losses.{loss_cfg.name})")
     if loss_cfg.name not in LOSSES:
         raise unknown_choice("loss", loss_cfg.name, LOSSES)
     if loss_cfg.name in LOSS_ALIASES:

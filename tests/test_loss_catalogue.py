@@ -203,3 +203,60 @@ def test_histogram_matches_pml(n_bins):
     emb = _emb(80 + n_bins)
     ref = _pml(pml_losses.HistogramLoss(n_bins=n_bins), emb, LABELS)
     _compare(ref, _ours(jax.jit(lambda e: losses.histogram(_cos(e), Y, n_bins=n_bins)), emb))
+
+
+PAIR_CASES_3 = {
+    "threshold_consistent_margin": (lambda: pml_losses.ThresholdConsistentMarginLoss(margin_plus=0.3, margin_minus=0.1),
+                                    lambda e: losses.threshold_consistent_margin(_cos(e), Y, margin_plus=0.3,
+                                                                                 margin_minus=0.1)),
+    "ranked_list": (lambda: pml_losses.RankedListLoss(margin=0.4, Tn=10.0),
+                    lambda e: losses.ranked_list(_chord(e), Y, margin=0.4, tn=10.0)),
+    "ranked_list_tp": (lambda: pml_losses.RankedListLoss(margin=0.6, Tn=5.0, Tp=2.0, imbalance=0.3, alpha=1.2),
+                       lambda e: losses.ranked_list(_chord(e), Y, margin=0.6, tn=5.0, tp=2.0, imbalance=0.3,
+                                                    alpha=1.2)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PAIR_CASES_3))
+def test_pair_loss_3_matches_pml(case):
+    make_pml, ours = PAIR_CASES_3[case]
+    emb = _emb(90 + sorted(PAIR_CASES_3).index(case))
+    _compare(_pml(make_pml(), emb, LABELS), _ours(jax.jit(ours), emb))
+
+
+def test_vic_reg_matches_pml():
+    emb, ref = _emb(95), _emb(96) * 0.5 + _emb(95)
+    e, r = torch.tensor(emb, requires_grad=True), torch.tensor(ref, requires_grad=True)
+    out = pml_losses.VICRegLoss()(e, ref_emb=r)
+    out.backward()
+    ours = _ours(jax.jit(lambda a, b: losses.vic_reg(a, b)), emb, ref)
+    _compare((out.item(), [e.grad.numpy(), r.grad.numpy()]), ours)
+
+
+def _pml_manifold(emb, proxies, meta, lambda_c):
+    loss = pml_losses.ManifoldLoss(l=D, K=len(proxies), lambdaC=lambda_c, margin=0.01)
+    loss.proxies.data = torch.tensor(proxies)
+    e = torch.tensor(emb, requires_grad=True)
+    out = loss(e, indices_tuple=torch.tensor(meta))
+    out.backward()
+    return out.item(), [e.grad.numpy(), loss.proxies.grad.numpy()]
+
+
+@pytest.mark.parametrize("lambda_c", [0.5, float("inf")])
+def test_manifold_matches_pml(lambda_c):
+    """lambda_c = inf (context term alone, as PML documents) gives inf in PML (inf * loss_ctx + 0-tensor):
+    compared with PML's lambda_c = 1 minus lambda_c = 0 there."""
+    k = 4
+    emb, proxies = _emb(97), np.random.default_rng(98).normal(size=(k, D)).astype(np.float32)
+    meta = np.random.default_rng(99).integers(0, k, size=B)
+    if lambda_c == float("inf"):
+        (v1, g1), (v0, g0) = (_pml_manifold(emb, proxies, meta, lam) for lam in (1.0, 0.0))
+        ref = (v1 - v0, [a - b for a, b in zip(g1, g0, strict=True)])
+    else:
+        ref = _pml_manifold(emb, proxies, meta, lambda_c)
+
+    def ours(x, p):
+        both = jnp.concatenate([x, p])
+        return losses.manifold(cosine(both, both), jnp.asarray(meta), num_proxies=k, lambda_c=lambda_c, margin=0.01)
+
+    _compare(ref, _ours(jax.jit(ours), emb, proxies))

@@ -29,9 +29,13 @@ def _allowed(name, sim_name):
     return not (name == "signal_to_noise_ratio_contrastive" and sim_name != "cosine")
 
 
-def test_every_registry_loss_has_a_config_objective():
-    missing = sorted(set(losses.LOSS_REGISTRY) - {losses.canonical_name(n) for n in objective.LOSSES})
+def test_every_registry_loss_has_a_config_objective_or_a_clear_error():
+    missing = sorted(set(losses.LOSS_REGISTRY) - {losses.canonical_name(n) for n in objective.LOSSES}
+                     - set(objective.LABEL_FREE_LOSSES))
     assert not missing, f"registry losses without a config objective: {missing}"
+    for name in objective.LABEL_FREE_LOSSES:
+        with pytest.raises(ConfigError, match=f"loss '{name}' has no config objective: .*probdml.losses.{name}"):
+            objective.build_objective(_cfg(name, "cosine"), C, D)
 
 
 @pytest.mark.parametrize("name", NAMES)

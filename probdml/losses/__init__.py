@@ -32,9 +32,11 @@ from probdml.losses.pair import (
     nca,
     npair,
     nt_xent,
+    ranked_list,
     signal_to_noise_ratio_contrastive,
     snr_distance,
     sup_con,
+    threshold_consistent_margin,
     triplet_margin,
     tuplet_margin,
 )
@@ -65,6 +67,10 @@ from probdml.losses.registry import (
     canonical_name,
     pml_name_to_key,
 )
+from probdml.losses.self_supervised import (
+    manifold,
+    vic_reg,
+)
 
 arc_face = arcface
 n_pairs = npair
@@ -87,6 +93,7 @@ __all__ = [
     "intra_pair_variance",
     "large_margin_softmax",
     "lifted_structure",
+    "manifold",
     "margin_loss",
     "masked_log1p_sum_exp",
     "masked_log_softmax",
@@ -104,6 +111,7 @@ __all__ = [
     "proxy_nca",
     "proxy_nca_pp",
     "proxy_subsample_mask",
+    "ranked_list",
     "signal_to_noise_ratio_contrastive",
     "smooth_ap",
     "snr_distance",
@@ -111,6 +119,8 @@ __all__ = [
     "sphere_face",
     "sub_center_arc_face",
     "sup_con",
+    "threshold_consistent_margin",
     "triplet_margin",
     "tuplet_margin",
+    "vic_reg",
 ]

@@ -465,3 +465,64 @@ def instance(
     is_first = (first == jnp.arange(labels.shape[0])) & valid
     rank = jnp.sum(earlier & is_first[None, :], axis=1)
     return cross_entropy(gamma * sim, rank, jnp.broadcast_to(valid[None, :], sim.shape), valid)
+
+
+def threshold_consistent_margin(
+    sim: jnp.ndarray,
+    labels: jnp.ndarray,
+    *,
+    lambda_plus: float = 1.0,
+    lambda_minus: float = 1.0,
+    margin_plus: float = 0.9,
+    margin_minus: float = 0.5,
+    pos_mask: jnp.ndarray | None = None,
+    neg_mask: jnp.ndarray | None = None,
+    sample_mask: jnp.ndarray | None = None,
+) -> jnp.ndarray:
+    """Threshold-consistent margin loss TCM (Zhang et al., ICCV 2023), pytorch-metric-learning semantics:
+
+    L = lambda+ mean_{pos pairs with s <= m+} (m+ - s) + lambda- mean_{neg pairs with s >= m-} (s - m-)
+    (an empty mean is 0). A regulariser, usually added to another loss; defined on the cosine.
+    """
+    check_pair_inputs("threshold_consistent_margin", "sim", sim, labels, sample_mask,
+                      pair_masks=(("pos_mask", pos_mask), ("neg_mask", neg_mask)))
+    pos, neg = _masks(labels, sample_mask, pos_mask, neg_mask)
+    pos_active = pos & (sim <= margin_plus)
+    neg_active = neg & (sim >= margin_minus)
+    return (lambda_plus * masked_mean(jnp.where(pos_active, margin_plus - sim, 0.0), pos_active)
+            + lambda_minus * masked_mean(jnp.where(neg_active, sim - margin_minus, 0.0), neg_active))
+
+
+def ranked_list(
+    dist: jnp.ndarray,
+    labels: jnp.ndarray,
+    *,
+    margin: float = 0.4,
+    tn: float = 10.0,
+    imbalance: float = 0.5,
+    alpha: float | None = None,
+    tp: float = 0.0,
+    sample_mask: jnp.ndarray | None = None,
+) -> jnp.ndarray:
+    """Ranked list loss (Wang et al., CVPR 2019), pytorch-metric-learning's RankedListLoss(margin, Tn, ...):
+
+    with alpha = 1 + margin / 2 by default, the violating positives P*_i = {p : d_ip > alpha - margin} and
+    negatives N*_i = {n : d_in < alpha}, weights w_p = e^{Tp (d_ip - (alpha - margin))}, w_n = e^{Tn (alpha - d_in)},
+    L_P,i = sum_{P*_i} w_p (d_ip - alpha + margin) / (sum_{P*_i} w_p + B 1e-5),
+    L_N,i = sum_{N*_i} w_n (alpha - d_in) / (sum_{N*_i} w_n + B 1e-5) (the 1e-5 per column as in
+    pytorch-metric-learning), L = mean_i (1 - imbalance) L_P,i + imbalance L_N,i. PML has no defaults for
+    margin and Tn; 0.4 and 10 are the paper's. Distances of exactly 0 are not selected (as in PML).
+    """
+    if not 0.0 <= imbalance <= 1.0:
+        raise ValueError(f"ranked_list: imbalance must lie in [0, 1], got {imbalance}")
+    check_pair_inputs("ranked_list", "dist", dist, labels, sample_mask)
+    pos, neg = mining.pair_masks(labels, sample_mask)
+    a = 1.0 + margin / 2.0 if alpha is None else alpha
+    p_star = pos & (dist > a - margin) & (dist > 0)
+    n_star = neg & (dist < a) & (dist > 0)
+    w_p = jnp.where(p_star, jnp.exp(jnp.where(p_star, tp * (dist - (a - margin)), 0.0)), 0.0)
+    w_n = jnp.where(n_star, jnp.exp(jnp.where(n_star, tn * (a - dist), 0.0)), 0.0)
+    eps = dist.shape[1] * 1e-5
+    loss_p = jnp.sum(w_p * (dist - (a - margin)), axis=1) / (jnp.sum(w_p, axis=1) + eps)
+    loss_n = jnp.sum(w_n * (a - dist), axis=1) / (jnp.sum(w_n, axis=1) + eps)
+    return masked_mean((1.0 - imbalance) * loss_p + imbalance * loss_n, sample_valid(labels, sample_mask))

@@ -10,16 +10,17 @@ import re
 from collections.abc import Callable
 from typing import NamedTuple
 
-from probdml.losses import pair, proxy, ranking
+from probdml.losses import pair, proxy, ranking, self_supervised
 
 FAMILIES = ("proxy", "pair", "ranking", "self_supervised")
-READS = ("similarity", "distance")
+READS = ("similarity", "distance", "embeddings")
 
 
 class LossSpec(NamedTuple):
     fn: Callable  # the array-level loss
     family: str  # one of FAMILIES: which matrix shape it takes (proxy: [B, C]; others: [B, B])
-    reads: str  # 'similarity' or 'distance': which field of similarity.Pairwise it is defined on
+    reads: str  # 'similarity' / 'distance': which field of similarity.Pairwise it is defined on; 'embeddings'
+    #            for losses of raw embeddings (VICReg)
     pml: str | None  # the pytorch-metric-learning class it follows (None: no counterpart)
     bounded: bool = False  # defined only on a cosine-like similarity in [-1, 1] (angular margins, clipping)
 
@@ -63,6 +64,11 @@ LOSS_REGISTRY: dict[str, LossSpec] = {
     "smooth_ap": LossSpec(ranking.smooth_ap, "ranking", "similarity", "SmoothAPLoss"),
     "pnp": LossSpec(ranking.pnp, "ranking", "similarity", "PNPLoss"),
     "histogram": LossSpec(ranking.histogram, "ranking", "similarity", "HistogramLoss", bounded=True),
+    "threshold_consistent_margin": LossSpec(pair.threshold_consistent_margin, "pair", "similarity",
+                                            "ThresholdConsistentMarginLoss", bounded=True),
+    "ranked_list": LossSpec(pair.ranked_list, "pair", "distance", "RankedListLoss"),
+    "vic_reg": LossSpec(self_supervised.vic_reg, "self_supervised", "embeddings", "VICRegLoss"),
+    "manifold": LossSpec(self_supervised.manifold, "self_supervised", "similarity", "ManifoldLoss", bounded=True),
     "signal_to_noise_ratio_contrastive": LossSpec(pair.signal_to_noise_ratio_contrastive, "pair", "distance",
                                                   "SignalToNoiseRatioContrastiveLoss"),
 }
