@@ -54,11 +54,12 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def main(argv: list[str]) -> None:
     del argv
-    from probdml import train
+    from probdml import train, writers
 
     logging.set_verbosity(logging.WARNING)
     try:
-        record = train.train_and_evaluate(_CONFIG.value, FLAGS.workdir)
+        with writers.run_logging(FLAGS.workdir):
+            record = train.train_and_evaluate(_CONFIG.value, FLAGS.workdir)
     except ConfigError as e:
         _fail(str(e))
     print(train.final_line(record))

@@ -40,6 +40,7 @@ import os
 import ml_collections
 import numpy as np
 
+from probdml import writers
 from probdml.data import preprocess
 from probdml.data.pipeline import ArrayDataset, ImageDataset, RecordSource, option
 from probdml.errors import ConfigError, unknown_choice
@@ -120,11 +121,12 @@ def prepare(data_cfg: ml_collections.ConfigDict):
     config = check_builder_config(data_cfg)
     preprocess.tf_cpu()
     builder = _builders()[data_cfg.name](config=config or None, data_dir=data_dir(data_cfg))
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(
-            manual_dir=manual_dir(data_cfg), compute_stats=tfds.download.ComputeStatsMode.SKIP
+    with writers.quiet_dataset_preparation(data_cfg.name, data_dir(data_cfg), data_cfg.name in IN_MEMORY):
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(
+                manual_dir=manual_dir(data_cfg), compute_stats=tfds.download.ComputeStatsMode.SKIP
+            )
         )
-    )
     return builder
 
 
