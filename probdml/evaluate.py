@@ -10,7 +10,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from probdml import metrics, parallel
+from probdml import metrics, parallel, similarity
 from probdml.data.pipeline import Dataset, eval_batches
 from probdml.errors import unknown_choice
 
@@ -51,6 +51,13 @@ def embed(
         for name, value in out.items():
             chunks.setdefault(name, []).append(np.asarray(value)[:valid])
     return {name: np.concatenate(parts) for name, parts in chunks.items()}
+
+
+def vmf_embedding(config: ml_collections.ConfigDict) -> bool:
+    """Whether the run's embedding e is a vMF image (mean direction e/|e|, concentration |e|): a vMF head, or a
+    loss similarity that compares vMF images with concentrated proxies (EL-nivMF and its ablations). Its
+    own uncertainty is then -||e||."""
+    return config.model.get("head", "") == "vmf" or config.loss.get("similarity", "") in similarity.PROXY_CONCENTRATION
 
 
 def uncertainty_scores(outputs: dict[str, np.ndarray], nn_scores: np.ndarray) -> dict[str, np.ndarray]:
@@ -106,3 +113,15 @@ def evaluate_outputs(
                                        n_init=3)
         )
     return result
+
+
+UNCERTAINTY_PREFIXES = ("r_auroc/", "recall@1/reject", "spearman_severity/", "recall@1/severity_q")
+
+
+def uncertainty_evaluation(outputs: dict[str, np.ndarray], ds, eval_cfg: ml_collections.ConfigDict,
+                           mesh: Mesh | None = None, *, vmf: bool = False) -> dict[str, float]:
+    """The uncertainty keys of `evaluate_outputs` (R-AUROC, rejection recall, and with the split's recorded
+    severity, Spearman and recall@1 by severity quintile) for the outputs of split `ds`; for the analysis CLIs."""
+    cfg = ml_collections.ConfigDict({**eval_cfg.to_dict(), "clustering": False})
+    report = evaluate_outputs(outputs, ds.labels, cfg, mesh, vmf=vmf, severity=getattr(ds, "severity", None))
+    return {k: v for k, v in report.items() if k.startswith(UNCERTAINTY_PREFIXES)}

@@ -284,7 +284,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         state = warm_start(setup, state, lambda x: apply_eval(state.params["model"], state.batch_stats, x),
                            config, train_ds, mesh)
 
-    vmf = config.model.get("head", "") == "vmf"
+    vmf = evaluate.vmf_embedding(config)
 
     def run_eval(state: TrainState, split: str) -> dict[str, float]:
         ds = eval_sets[split]

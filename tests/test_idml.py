@@ -270,6 +270,10 @@ def test_gradient_analysis_cli_on_a_digits_run(digits_idml_run):
     with open(out / "analysis.json") as f:
         result = json.load(f)
     assert result["step"] == 100 and result["references"] == "proxies"
+    with open(digits_idml_run / "final_metrics.json") as f:
+        final = json.load(f)
+    for key in ("r_auroc/model", "r_auroc/nn_similarity", "r_auroc/norm", "recall@1/reject20"):
+        assert result["test_uncertainty"][key] == pytest.approx(final[key], abs=5e-3)  # same step, re-embedded
     assert result["mean_uncertainty"]["mixed"] > result["mean_uncertainty"]["clean"] > 0
     curve = result["uncertainty_vs_lambda"]["mean_uncertainty"]
     assert curve[5] > max(curve[0], curve[-1])  # lam = 0.5 above both clean ends

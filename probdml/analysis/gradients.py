@@ -27,7 +27,6 @@ and writes analysis.json and PNG plots (H surface, gradient scales of clean vs m
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -37,7 +36,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from probdml import metrics, objective, similarity
+from probdml import evaluate, metrics, objective, similarity
 
 Array = jax.Array
 
@@ -444,6 +443,8 @@ def analyze_run(
         "pairs": {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, v in stats.items()},
         "uncertainty_vs_lambda": {"lambda": lambdas.tolist(), "mean_uncertainty": u_curve.tolist()},
         "test_recall_by_uncertainty": by_bin,
+        "test_uncertainty": evaluate.uncertainty_evaluation({k: np.asarray(v) for k, v in test_out.items()},
+                                                            test_ds, config.eval),
         "analytic_checks": checks,
     }
     os.makedirs(out_dir, exist_ok=True)
