@@ -363,7 +363,7 @@ def analyze(workdir: str, out_dir: str, *, num_samples: int = 512, num_shown: in
                    caption="Norm as inverse temperature: scaling kappa up sharpens the class posterior (entropy "
                            "falls); right: jax.grad on the diagonal = the analytic form")
         _plot_role(os.path.join(out_dir, "gradient_scale_role.png"), roles["sweep"], "mean_grad_e_norm",
-                   "mean |dL/de|", points["grad_analytic_norm"], points["grad_e_norm"], "|dL/de|",
+                   "mean gradient norm", points["grad_analytic_norm"], points["grad_e_norm"], "|dL/de|",
                    extra="mean_grad_mu_norm",
                    caption="Norm as gradient scale: how the loss gradient's size changes with kappa; right: "
                            "jax.grad on the diagonal = the analytic form")
@@ -427,11 +427,11 @@ def _figure(width: float = 5.0):
 
 
 def _plot_correctness(path, by_norm) -> None:
-    fig = _figure()
+    fig = _figure(6.0)
     ax = fig.add_subplot()
     bins = by_norm["bins"]
     ax.plot(bins["mean_norm"], bins["recall@1"], marker="o")
-    ax.set_xlabel("embedding norm kappa = ||e|| (bin mean; higher = more certain)")
+    ax.set_xlabel("norm kappa = ||e||, bin mean (higher = more certain)")
     ax.set_ylabel("recall@1 of the test images in the bin")
     ax.set_title(f"norm vs correct 1-NN: Pearson {by_norm['pearson']:.3f}, Spearman {by_norm['spearman']:.3f}, "
                  f"AUROC {by_norm['auroc_norm_as_certainty']:.3f}", fontsize=9)
@@ -442,17 +442,19 @@ def _plot_correctness(path, by_norm) -> None:
 
 
 def _plot_role(path, sweep, key, ylabel, analytic, jax_values, quantity, extra: str = "", caption: str = "") -> None:
-    fig = _figure(9.0)
+    fig = _figure(10.0)
     left, right = fig.subplots(1, 2)
     factors = sweep["kappa_factor"]
-    left.plot(factors, sweep[key], marker="o", label=key)
+    names = {"mean_grad_e_norm": "|dL/de|", "mean_grad_mu_norm": "|dL/dmu| (direction)",
+             "mean_entropy": "posterior entropy"}
+    left.plot(factors, sweep[key], marker="o", label=names.get(key, key))
     if extra:
-        left.plot(factors, sweep[extra], marker="s", label=extra)
+        left.plot(factors, sweep[extra], marker="s", label=names.get(extra, extra))
         left.legend(fontsize=8)
     left.set_xscale("log", base=2)
     left.set_xticks(factors[::2], [f"{f:g}" for f in factors[::2]])
     unit = sweep["mean_kappa"][0] / factors[0]
-    left.set_xlabel(f"kappa factor (each image's kappa scaled, direction fixed; mean kappa {unit:.3g} at 1)")
+    left.set_xlabel(f"factor on every image's kappa (direction fixed; mean kappa {unit:.3g} at 1)")
     left.set_ylabel(ylabel)
     left.grid(alpha=0.3)
     right.scatter(analytic, jax_values, s=6)
