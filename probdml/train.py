@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import flax
@@ -18,7 +18,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from probdml import checkpointing, data, evaluate, models, objective, optim, parallel, writers
+from probdml import checkpointing, config_checks, data, evaluate, models, objective, optim, parallel, writers
+from probdml import workdir as workdir_lib
 from probdml.errors import ConfigError, unknown_choice
 
 Array = jax.Array
@@ -157,7 +158,8 @@ def warm_start(setup: Setup, state: TrainState, apply_fn: Callable[[Array], dict
 
 
 def validate_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Fail early, with a one-line ConfigError, on names and paths that cannot work."""
+    """Fail early, with a one-line ConfigError, on values, names and paths that cannot work."""
+    config_checks.check_config(config)
     parent = os.path.dirname(os.path.abspath(workdir))
     if not os.path.isdir(parent):
         raise ConfigError(f"workdir parent directory does not exist: {parent}")
@@ -176,25 +178,36 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 class _Preemption:
-    """Turns SIGTERM into a flag the loop polls, so it can checkpoint before exiting."""
+    """Turns SIGTERM and SIGINT (Ctrl-C) into a flag the loop polls, so it can checkpoint before exiting
+    with 128 + the signal number (143, 130). A second SIGINT interrupts at once."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self.signum = 0
+        self._previous = {}
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
 
     def __enter__(self):
         def handler(signum, frame):
-            self.requested = True
+            if self.requested and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.requested, self.signum = True, signum
 
-        try:
-            self._previous = signal.signal(signal.SIGTERM, handler)
-        except ValueError:
-            self._previous = None
+        for signum in self.SIGNALS:
+            try:
+                self._previous[signum] = signal.signal(signum, handler)
+            except ValueError:  # not the main thread
+                pass
         return self
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
 
 def _progress(total: int, initial: int):
@@ -203,8 +216,12 @@ def _progress(total: int, initial: int):
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, disable=not sys.stderr.isatty())
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_changes: Sequence[str] = ()) -> dict[str, float]:
     """Train `config` in `workdir` (resuming from its latest checkpoint) and return the final metrics.
+
+    The workdir is one run (`probdml.workdir`): it is locked while in use, a config that differs from the
+    recorded one is refused unless every changed field is in `allow_changes` and safe to change, and a
+    finished run returns its recorded final metrics without training.
 
     Data parallel over `config.num_devices` devices (0 = all) with the global batch sharded along a
     1-D mesh. Process 0 writes the config (config.json), TensorBoard events and metrics.jsonl to <workdir> and the final
@@ -217,12 +234,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     parallel.check_batch_size(config.data.batch_size, mesh)
     parallel.check_batch_size(config.eval.batch_size, mesh, "eval batch size")
     lead = jax.process_index() == 0
-    os.makedirs(workdir, exist_ok=True)
-    if lead:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=1))
+    run = workdir_lib.open_run(config, workdir, allow_changes, jax.process_index(), jax.process_count())
+    if run.finished is not None:
+        writers.log(f"finished: {workdir} holds a finished run of {config.num_steps} steps; nothing to do")
+        return {k: v for k, v in run.finished.items() if k != "step"}
     train_ds = data.load_split(config.data, "train")
     test_ds = data.load_split(config.data, "test")
+    config_checks.check_data(config, train_ds, test_ds)
     setup = create_setup(config, mesh, train_ds.num_classes, train_ds.image_shape)
     model, state, train_step = setup.model, setup.state, setup.train_step
 
@@ -253,7 +271,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         )
         return evaluate.evaluate_outputs(outputs, test_ds.labels, config.eval, mesh)
 
-    writer = writers.MetricWriter(workdir) if lead else None
+    run.record()
+    writer = writers.MetricWriter(workdir, resume_step=start) if lead else None
     batches = data.pipeline.train_batches(
         config.data, train_ds, config.seed, start, jax.process_index(), jax.process_count()
     )
@@ -297,8 +316,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     bar.close()
                 if writer is not None:
                     writer.close()
-                writers.log(f"SIGTERM: saved a checkpoint at step {step}; rerun the same command to resume")
-                raise SystemExit(143)
+                writers.log(f"{preemption.name}: saved a checkpoint at step {step}; rerun the same command to resume")
+                raise SystemExit(128 + preemption.signum)
     if bar is not None:
         bar.close()
     mngr.wait_until_finished()

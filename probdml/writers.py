@@ -8,10 +8,18 @@ import time
 
 
 class MetricWriter:
-    """Writes scalars to `<workdir>/events.out.tfevents.*` (TensorBoard) and `<workdir>/metrics.jsonl`."""
+    """Writes scalars to `<workdir>/events.out.tfevents.*` (TensorBoard) and `<workdir>/metrics.jsonl`.
 
-    def __init__(self, workdir: str):
+    With `resume_step`, what an earlier start logged after that step (the restored checkpoint) is dropped
+    first (`probdml.workdir.truncate_logs`), so the resumed run logs every step once."""
+
+    def __init__(self, workdir: str, resume_step: int | None = None):
         import tensorflow as tf
+
+        from probdml.workdir import truncate_logs
+
+        if resume_step is not None:
+            truncate_logs(workdir, resume_step)
 
         tf.config.set_visible_devices([], "GPU")
         self._tf = tf

@@ -29,7 +29,7 @@ def test_corrupted_latest_checkpoint_falls_back_with_warning(tmp_path):
                 damaged += 1
     assert damaged
     mngr = checkpointing.manager(str(tmp_path), keep=3)
-    with pytest.warns(UserWarning, match="checkpoint at step 2 could not be restored"):
+    with pytest.warns(checkpointing.DamagedCheckpointWarning, match="checkpoint at step 2 is damaged"):
         restored = checkpointing.restore_latest(mngr, _state(0))
     assert int(restored["step"]) == 1
     np.testing.assert_array_equal(restored["w"], np.full((4, 3), 1.0))
