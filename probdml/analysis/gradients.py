@@ -26,7 +26,6 @@ and writes analysis.json and PNG plots (H surface, gradient scales of clean vs m
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import os
@@ -249,12 +248,7 @@ def _rel_err(x: Array, y: np.ndarray) -> float:
 
 def resolve_ism_options(options: dict | None) -> dict:
     """The introspective metric's full options (defaults filled in, `compat` expanded)."""
-    sig = inspect.signature(similarity.SIMILARITIES["introspective"])
-    resolved = {k: p.default for k, p in sig.parameters.items()}
-    resolved.update(dict(options or {}))
-    if resolved.pop("compat"):
-        resolved.update(similarity.ISM_COMPAT_PRESET)
-    return resolved
+    return similarity.resolve_options("introspective", dict(options or {}))
 
 
 def pair_statistics(
