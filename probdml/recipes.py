@@ -58,6 +58,7 @@ def imagenet_data_config(
     data.name = dataset
     data.data_dir = ""
     data.manual_dir = ""
+    data.download = True  # False: only the manual directory; a missing file fails at once
     data.batch_size = batch_size
     data.sampler = sampler
     data.samples_per_class = samples_per_class
