@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
 from probdml import checkpointing, data, evaluate, models, objective, optim, parallel, writers
 from probdml.errors import ConfigError, unknown_choice
@@ -176,21 +177,35 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 class _Preemption:
-    """Turns SIGTERM into a flag the loop polls, so it can checkpoint before exiting."""
+    """SIGTERM as a step at which to checkpoint and exit, polled by the loop with `reached(step)`.
+
+    One process: a Python handler sets a flag. N processes: JAX's preemption service (started by
+    `jax.distributed.initialize`, listening for SIGTERM) passes a notice from any process to all and
+    agrees on one step at which all of them stop (`multihost_utils.reached_preemption_sync_point`,
+    called at every step), so their checkpoint collectives match.
+    """
 
     def __init__(self):
         self.requested = False
         self._previous = None
+        self._multi = jax.process_count() > 1
 
     def __enter__(self):
         def handler(signum, frame):
             self.requested = True
 
+        if self._multi:
+            return self
         try:
             self._previous = signal.signal(signal.SIGTERM, handler)
         except ValueError:
             self._previous = None
         return self
+
+    def reached(self, step: int) -> bool:
+        if self._multi:
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self.requested
 
     def __exit__(self, *exc):
         if self._previous is not None:
@@ -221,6 +236,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if lead:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=1))
+    parallel.lead_first(lambda: data.prepare(config.data), "prepare dataset")
     train_ds = data.load_split(config.data, "train")
     test_ds = data.load_split(config.data, "test")
     setup = create_setup(config, mesh, train_ds.num_classes, train_ds.image_shape)
@@ -288,10 +304,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     writer.write_scalars(step, {f"test/{k}": v for k, v in eval_metrics.items()})
                 writers.log(f"eval step {step}  {writers.format_scalars(eval_metrics)}")
             track_best = evaluated and bool(best_metric)
-            if step % config.checkpoint_every == 0 or step == num_steps or track_best or preemption.requested:
+            preempted = preemption.reached(step)
+            if step % config.checkpoint_every == 0 or step == num_steps or track_best or preempted:
                 ckpt_metrics = {f"test/{k}": v for k, v in eval_metrics.items()} if evaluated else None
                 checkpointing.save(mngr, step, state, ckpt_metrics)
-            if preemption.requested:
+            if preempted:
                 mngr.wait_until_finished()
                 if bar is not None:
                     bar.close()

@@ -6,6 +6,8 @@ import json
 import os
 import time
 
+import jax
+
 
 class MetricWriter:
     """Writes scalars to `<workdir>/events.out.tfevents.*` (TensorBoard) and `<workdir>/metrics.jsonl`."""
@@ -37,5 +39,8 @@ def format_scalars(scalars: dict[str, float]) -> str:
 
 
 def log(message: str) -> None:
-    """A timestamped console line on stdout (library INFO logs stay hidden at absl's WARNING level)."""
+    """A timestamped console line on stdout (library INFO logs stay hidden at absl's WARNING level);
+    in a multi-process run only process 0 prints."""
+    if jax.distributed.is_initialized() and jax.process_index() != 0:
+        return
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)

@@ -96,11 +96,14 @@ def prepare(data_cfg: ml_collections.ConfigDict):
     check_name(data_cfg.name)
     preprocess.tf_cpu()
     builder = _builders()[data_cfg.name](data_dir=data_dir(data_cfg))
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(
-            manual_dir=manual_dir(data_cfg), compute_stats=tfds.download.ComputeStatsMode.SKIP
+    try:
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(
+                manual_dir=manual_dir(data_cfg), compute_stats=tfds.download.ComputeStatsMode.SKIP
+            )
         )
-    )
+    except FileExistsError:  # another process sharing the data_dir finished preparing it first
+        builder = _builders()[data_cfg.name](data_dir=data_dir(data_cfg))
     return builder
 
 
