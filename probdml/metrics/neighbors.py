@@ -1,0 +1,235 @@
+"""Exact blocked k-nearest-neighbour search, sharded over a 1-D ``('data',)`` device mesh.
+
+The search runs query blocks x reference blocks, each a jit-compiled computation of static shape,
+with a running top-k merged across the reference blocks; query blocks are sharded over the
+devices of the mesh. Scores are "higher = nearer": cosine similarity, -||q - r||^2 for
+'euclidean', the inner product for 'dot', or any pairwise function of two blocks (`PAIRWISE`,
+e.g. the expected-likelihood kernel between image vMFs).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from probdml import similarity, special
+
+SimilarityFn = Callable[[Any, Any], jax.Array]
+"""A pairwise similarity ``sim(q_block, r_block) -> [bq, br]`` (higher = nearer); blocks are
+arrays or pytrees of arrays with a leading sample axis."""
+
+METRICS = ("cosine", "euclidean", "dot")
+
+
+def el_vmf_similarity(q: jax.Array, r: jax.Array) -> jax.Array:
+    """log expected-likelihood kernel between image vMFs (mu = e/|e|, kappa = |e|), [bq, br] nats:
+
+    log int vMF(x; q) vMF(x; r) dx = log C_p(|q|) + log C_p(|r|) - log C_p(|q + r|),
+    |q + r| = sqrt(|q|^2 + |r|^2 + 2 q.r)  (specs/nivmf.md D2 between two images). Not an inner product
+    of fixed features: `knn` evaluates it block by block.
+    """
+    p = q.shape[-1]
+    qn = jnp.sum(q * q, axis=-1)
+    rn = jnp.sum(r * r, axis=-1)
+    dot = jnp.matmul(q, r.T, precision=jax.lax.Precision.HIGHEST)
+    resultant = similarity.safe_sqrt(qn[:, None] + rn[None, :] + 2.0 * dot)
+    own = special.log_vmf_normalizer(similarity.safe_sqrt(qn), p)[:, None] + special.log_vmf_normalizer(
+        similarity.safe_sqrt(rn), p)[None, :]
+    return own - special.log_vmf_normalizer(resultant, p)
+
+
+# Named pairwise similarities `knn` accepts besides METRICS (functions of two blocks of embeddings).
+PAIRWISE: dict[str, SimilarityFn] = {"el_vmf": el_vmf_similarity}
+
+
+def _prepare(metric: str | SimilarityFn, x: Any) -> Any:
+    """Per-row representation used by `_scores` (normalised rows, or rows with squared norms)."""
+    if metric == "cosine":
+        return similarity.l2_normalize(x)
+    if metric == "euclidean":
+        return x, jnp.sum(x * x, axis=-1)
+    return x
+
+
+def _scores(metric: str | SimilarityFn, q: Any, r: Any, precision: Any) -> jax.Array:
+    """Pairwise scores [bq, br], higher = nearer; euclidean gives -||q - r||^2."""
+    if callable(metric):
+        return metric(q, r)
+    if metric == "euclidean":
+        (qx, qn), (rx, rn) = q, r
+        dot = jnp.matmul(qx, rx.T, precision=precision)
+        return 2.0 * dot - qn[:, None] - rn[None, :]
+    return jnp.matmul(q, r.T, precision=precision)
+
+
+def _merge_block(metric, k, precision, exclude_self, mask_padding, q, q_ref_index, r, r_start, n_ref, run_s, run_i):
+    """One (query block, reference block) step of the running top-k.
+
+    Padding references (only in the last block, `mask_padding`) score -inf before the block's
+    top-k. The self-match is removed after it: the block's top-(k+1) holds the top-k of the
+    block without the query, and the query's own entry, if there, is set to -inf. The running
+    list holds lower reference indices than the new block and comes first in the concatenation,
+    and `lax.top_k` puts the lower position first among equal values, so ties are always
+    broken by the lower index.
+    """
+    q = _prepare(metric, q)
+    s = _scores(metric, q, r, precision)
+    br = s.shape[1]
+    if mask_padding:
+        s = jnp.where(r_start + jnp.arange(br, dtype=jnp.int32)[None, :] >= n_ref, jnp.array(-jnp.inf, s.dtype), s)
+    block_s, block_pos = jax.lax.top_k(s, min(k + int(exclude_self), br))
+    block_i = block_pos.astype(jnp.int32) + r_start
+    if exclude_self:
+        block_s = jnp.where(block_i == q_ref_index[:, None], jnp.array(-jnp.inf, s.dtype), block_s)
+    cand_s = jnp.concatenate([run_s.astype(s.dtype), block_s], axis=1)
+    cand_i = jnp.concatenate([run_i, block_i], axis=1)
+    top_s, top_pos = jax.lax.top_k(cand_s, k)
+    return top_s, jnp.take_along_axis(cand_i, top_pos, axis=1)
+
+
+@functools.lru_cache(maxsize=32)
+def _prepare_fn(metric, mesh):
+    return jax.jit(partial(_prepare, metric), out_shardings=NamedSharding(mesh, P()))
+
+
+@functools.lru_cache(maxsize=64)
+def _step_fn(metric, k, precision, exclude_self, mask_padding, mesh):
+    """The jitted, query-sharded `_merge_block` (cached, so repeated evaluations compile once)."""
+    local = partial(_merge_block, metric, k, precision, exclude_self, mask_padding)
+    specs = (P("data"), P("data"), P(), P(), P(), P("data"), P("data"))
+    return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=(P("data"), P("data"))))
+
+
+def _leading_dim(tree: Any, name: str) -> int:
+    leaves = jax.tree.leaves(tree)
+    if not leaves:
+        raise ValueError(f"{name} is empty")
+    sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in leaves}
+    if len(sizes) != 1 or None in sizes:
+        raise ValueError(f"all arrays in {name} need the same leading (sample) dimension, got {sizes}")
+    return sizes.pop()
+
+
+def _pad_rows(tree: Any, start: int, size: int) -> Any:
+    """Rows start..start+size of every leaf, padded by repeating the last row (finite padding)."""
+
+    def take(leaf):
+        leaf = np.asarray(leaf)
+        rows = np.minimum(np.arange(start, start + size), leaf.shape[0] - 1)
+        return leaf[rows]
+
+    return jax.tree.map(take, tree)
+
+
+def _to_host(x: Any) -> np.ndarray:
+    """A result block as NumPy on every process (gathered when it spans other processes' devices)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def default_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """1-D ``('data',)`` mesh over `devices` (default: all devices)."""
+    devices = list(jax.devices() if devices is None else devices)
+    return Mesh(np.array(devices), ("data",))
+
+
+def knn(
+    queries: Any,
+    references: Any | None = None,
+    k: int = 1,
+    *,
+    metric: str | SimilarityFn = "cosine",
+    ref_includes_query: bool | None = None,
+    block_size: int = 1024,
+    ref_block_size: int = 65536,
+    mesh: Mesh | None = None,
+    precision: jax.lax.Precision | str | None = jax.lax.Precision.HIGHEST,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest neighbours of each query among the references, nearest first.
+
+    Scores (higher = nearer): ``cosine`` <q, r> / (||q|| ||r||); ``dot`` <q, r>; ``euclidean``
+    -||q - r||^2 (the negative squared distance); a name in PAIRWISE (``el_vmf``: the log EL kernel
+    between image vMFs, `el_vmf_similarity`); or a callable ``sim(q_block, r_block) ->
+    [bq, br]`` on arrays or pytrees of arrays with a leading sample axis (e.g. a vMF kernel between
+    images). Scores of -inf mark excluded pairs and must not come from the similarity itself.
+
+    With ``references=None`` the queries are searched against themselves. ``ref_includes_query``
+    (default: True exactly when ``references`` is None) says that query i is reference i; that
+    pair is then excluded by index (PyTorch Metric Learning's semantics). Ties are broken by the
+    lower reference index. Memory: O(block_size * min(ref_block_size, N_ref)) per step; query
+    blocks are sharded over the ``'data'`` axis of `mesh` (default: all devices), references are
+    replicated. Returns (scores [Nq, k], indices [Nq, k]) as NumPy arrays.
+    """
+    if isinstance(metric, str) and metric in PAIRWISE:
+        metric = PAIRWISE[metric]
+    if not callable(metric) and metric not in METRICS:
+        raise ValueError(f"unknown kNN metric {metric!r}; valid: {', '.join(METRICS + tuple(PAIRWISE))} or a callable")
+    if ref_includes_query is None:
+        ref_includes_query = references is None
+    queries = jax.tree.map(np.asarray, queries)
+    references = queries if references is None else jax.tree.map(np.asarray, references)
+    n_q = _leading_dim(queries, "queries")
+    n_ref = _leading_dim(references, "references")
+    if ref_includes_query and n_ref < n_q:
+        raise ValueError(
+            f"ref_includes_query needs the first {n_q} references to be the queries, got {n_ref} references"
+        )
+    n_avail = n_ref - int(ref_includes_query)
+    if not 1 <= k <= n_avail:
+        raise ValueError(f"k={k} must be between 1 and the number of references ({n_avail})")
+    if block_size < 1 or ref_block_size < 1:
+        raise ValueError(f"block sizes must be positive, got {block_size} and {ref_block_size}")
+
+    mesh = default_mesh() if mesh is None else mesh
+    if "data" not in mesh.axis_names:
+        raise ValueError(f"the mesh needs a 'data' axis, got axes {mesh.axis_names}")
+    n_dev = mesh.shape["data"]
+    rows, repl = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+
+    n_qb = -(-n_q // block_size)
+    bq = _round_up(-(-n_q // n_qb), 8 * n_dev)
+    n_rb = -(-n_ref // ref_block_size)
+    br = -(-n_ref // n_rb)
+    n_rb = -(-n_ref // br)
+    padded = n_rb * br > n_ref
+
+    prepare = _prepare_fn(metric, mesh)
+    ref_blocks = [prepare(jax.device_put(_pad_rows(references, b * br, br), repl)) for b in range(n_rb)]
+    steps = [_step_fn(metric, k, precision, ref_includes_query, mask, mesh) for mask in (False, True)]
+    n_ref_arr = jax.device_put(np.int32(n_ref), repl)
+    starts = [jax.device_put(np.int32(b * br), repl) for b in range(n_rb)]
+    dtype = jax.eval_shape(
+        lambda x: _scores(metric, _prepare(metric, x), ref_blocks[0], precision), _pad_rows(queries, 0, bq)
+    ).dtype
+    out_s, out_i = [], []
+    for qb in range(n_qb):
+        start = qb * bq
+        q = jax.device_put(_pad_rows(queries, start, bq), rows)
+        ids = np.arange(start, start + bq, dtype=np.int32)
+        q_ref_index = jax.device_put(ids if ref_includes_query else np.full(bq, -1, np.int32), rows)
+        run_s = jax.device_put(np.full((bq, k), -np.inf, dtype), rows)
+        run_i = jax.device_put(np.full((bq, k), -1, np.int32), rows)
+        for rb in range(n_rb):
+            step = steps[padded and rb == n_rb - 1]
+            run_s, run_i = step(q, q_ref_index, ref_blocks[rb], starts[rb], n_ref_arr, run_s, run_i)
+        out_s.append(run_s)
+        out_i.append(run_i)
+        if qb >= 1:  # at most two query blocks in flight: bounded memory, host and device overlap
+            out_s[qb - 1], out_i[qb - 1] = _to_host(out_s[qb - 1]), _to_host(out_i[qb - 1])
+    scores = np.concatenate([_to_host(s) for s in out_s])[:n_q]
+    indices = np.concatenate([_to_host(i) for i in out_i])[:n_q]
+    return scores, indices.astype(np.int64)
