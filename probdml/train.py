@@ -75,10 +75,12 @@ def make_train_step(
     def loss_fn(params, batch_stats, batch, key):
         loss_key, mix_key, mix_loss_key = jax.random.split(key, 3)
         outputs, batch_stats = forward(params, batch_stats, batch["image"])
+        outputs = models.float32_outputs(outputs)
         loss, aux = obj.apply(params["loss"], outputs, batch["label"], loss_key)
         if use_mixup:
             mixed, lam, perm = mixup(mix_key, batch["image"], float(mixup_cfg.alpha))
             mixed_out, batch_stats = forward(params, batch_stats, mixed)
+            mixed_out = models.float32_outputs(mixed_out)
             key_a, key_b = jax.random.split(mix_loss_key)
             loss_a, _ = obj.apply(params["loss"], mixed_out, batch["label"], key_a)
             loss_b, _ = obj.apply(params["loss"], mixed_out, batch["label"][perm], key_b)
