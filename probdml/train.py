@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
 from probdml import checkpointing, config_checks, data, evaluate, models, objective, optim, parallel, writers
 from probdml import workdir as workdir_lib
@@ -75,10 +76,12 @@ def make_train_step(
     def loss_fn(params, batch_stats, batch, key):
         loss_key, mix_key, mix_loss_key = jax.random.split(key, 3)
         outputs, batch_stats = forward(params, batch_stats, batch["image"])
+        outputs = models.float32_outputs(outputs)
         loss, aux = obj.apply(params["loss"], outputs, batch["label"], loss_key)
         if use_mixup:
             mixed, lam, perm = mixup(mix_key, batch["image"], float(mixup_cfg.alpha))
             mixed_out, batch_stats = forward(params, batch_stats, mixed)
+            mixed_out = models.float32_outputs(mixed_out)
             key_a, key_b = jax.random.split(mix_loss_key)
             loss_a, _ = obj.apply(params["loss"], mixed_out, batch["label"], key_a)
             loss_b, _ = obj.apply(params["loss"], mixed_out, batch["label"][perm], key_b)
@@ -216,8 +219,14 @@ def selection(config: ml_collections.ConfigDict) -> Selection:
 
 
 class _Preemption:
-    """Turns SIGTERM and SIGINT (Ctrl-C) into a flag the loop polls, so it can checkpoint before exiting
-    with 128 + the signal number (143, 130). A second SIGINT interrupts at once."""
+    """SIGTERM and SIGINT (Ctrl-C) as a step at which to checkpoint and exit with 128 + the signal number
+    (143, 130), polled by the loop with `reached(step)`; a second SIGINT interrupts at once.
+
+    One process: a Python handler sets a flag. N processes: JAX's preemption service (started by
+    `jax.distributed.initialize`, listening for SIGTERM) passes a notice from any process to all and
+    agrees on one step at which all of them stop (`multihost_utils.reached_preemption_sync_point`,
+    called at every step), so their checkpoint collectives match; SIGINT keeps Python's default there.
+    """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -225,6 +234,7 @@ class _Preemption:
         self.requested = False
         self.signum = 0
         self._previous = {}
+        self._multi = jax.process_count() > 1
 
     @property
     def name(self) -> str:
@@ -236,12 +246,19 @@ class _Preemption:
                 raise KeyboardInterrupt
             self.requested, self.signum = True, signum
 
+        if self._multi:
+            return self
         for signum in self.SIGNALS:
             try:
                 self._previous[signum] = signal.signal(signum, handler)
             except ValueError:  # not the main thread
                 pass
         return self
+
+    def reached(self, step: int) -> bool:
+        if self._multi and multihost_utils.reached_preemption_sync_point(step):
+            self.requested, self.signum = True, signal.SIGTERM
+        return self.requested
 
     def __exit__(self, *exc):
         for signum, previous in self._previous.items():
@@ -277,6 +294,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_ch
     if run.finished is not None:
         writers.log(f"finished: {workdir} holds a finished run of {config.num_steps} steps; nothing to do")
         return run.finished
+    parallel.lead_first(lambda: data.prepare(config.data), "prepare dataset")
     train_ds = data.load_split(config.data, sel.train_split)
     eval_sets = {"test": data.load_split(config.data, "test")}
     if sel.split == "val":
@@ -353,9 +371,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_ch
                     writer.write_scalars(step, eval_metrics)
                 writers.log(f"eval step {step}  {writers.format_scalars(writers.console_metrics(eval_metrics))}")
             track_best = evaluated and bool(sel.key)
-            if step % config.checkpoint_every == 0 or step == num_steps or track_best or preemption.requested:
+            preempted = preemption.reached(step)
+            if step % config.checkpoint_every == 0 or step == num_steps or track_best or preempted:
                 checkpointing.save(mngr, step, state, eval_metrics if evaluated else None)
-            if preemption.requested:
+            if preempted:
                 mngr.wait_until_finished()
                 if bar is not None:
                     bar.close()

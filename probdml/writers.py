@@ -24,6 +24,8 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
+import jax
+
 WARNINGS_LOG = "warnings.log"
 # A warning longer than this (characters, or more than one line) is summarised on the console.
 MAX_WARNING_CHARS = 240
@@ -69,8 +71,11 @@ def format_scalars(scalars: dict[str, float]) -> str:
 def log(message: str, file=None) -> None:
     """A timestamped console line on stdout (or `file`), written with `tqdm.write` so that an active
     progress bar is cleared first and redrawn below the line. Library INFO logs stay hidden at absl's
-    WARNING level."""
+    WARNING level. In a multi-process run only process 0 prints."""
     from tqdm import tqdm
+
+    if jax.distributed.is_initialized() and jax.process_index() != 0:
+        return
 
     stream = sys.stdout if file is None else file
     tqdm.write(f"[{time.strftime('%H:%M:%S')}] {message}", file=stream)

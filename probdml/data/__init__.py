@@ -124,13 +124,16 @@ def prepare(data_cfg: ml_collections.ConfigDict):
     config = check_builder_config(data_cfg)
     preprocess.tf_cpu()
     builder = _builders()[data_cfg.name](config=config or None, data_dir=data_dir(data_cfg))
-    with writers.quiet_dataset_preparation(data_cfg.name, data_dir(data_cfg), data_cfg.name in IN_MEMORY), \
-            manual.downloads_enabled(data_cfg.get("download", True)):
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(
-                manual_dir=manual_dir(data_cfg), compute_stats=tfds.download.ComputeStatsMode.SKIP
+    try:
+        with writers.quiet_dataset_preparation(data_cfg.name, data_dir(data_cfg), data_cfg.name in IN_MEMORY), \
+                manual.downloads_enabled(data_cfg.get("download", True)):
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(
+                    manual_dir=manual_dir(data_cfg), compute_stats=tfds.download.ComputeStatsMode.SKIP
+                )
             )
-        )
+    except FileExistsError:  # another process sharing the data_dir finished preparing it first
+        builder = _builders()[data_cfg.name](config=config or None, data_dir=data_dir(data_cfg))
     return builder
 
 

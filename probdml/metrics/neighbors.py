@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -138,6 +139,13 @@ def _pad_rows(tree: Any, start: int, size: int) -> Any:
     return jax.tree.map(take, tree)
 
 
+def _to_host(x: Any) -> np.ndarray:
+    """A result block as NumPy on every process (gathered when it spans other processes' devices)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
 def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
@@ -236,7 +244,7 @@ def knn(
         out_s.append(run_s)
         out_i.append(run_i)
         if qb >= 1:  # at most two query blocks in flight: bounded memory, host and device overlap
-            out_s[qb - 1], out_i[qb - 1] = np.asarray(out_s[qb - 1]), np.asarray(out_i[qb - 1])
-    scores = np.concatenate([np.asarray(s) for s in out_s])[:n_q]
-    indices = np.concatenate([np.asarray(i) for i in out_i])[:n_q]
+            out_s[qb - 1], out_i[qb - 1] = _to_host(out_s[qb - 1]), _to_host(out_i[qb - 1])
+    scores = np.concatenate([_to_host(s) for s in out_s])[:n_q]
+    indices = np.concatenate([_to_host(i) for i in out_i])[:n_q]
     return scores, indices.astype(np.int64)
