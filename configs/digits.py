@@ -23,6 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.embed_dim = 64
     config.model.widths = (32, 64, 128)
     config.model.hidden = 256
+    config.model.dtype = "float32"  # compute dtype: 'bfloat16' (or 'float16') for mixed precision
 
     config.loss = ml_collections.ConfigDict()
     config.loss.name = "proxy_anchor"

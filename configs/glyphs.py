@@ -34,6 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.blocks_per_stage = 1
     config.model.groups = 8
     config.model.pooling = "flatten"
+    config.model.dtype = "float32"  # compute dtype: 'bfloat16' (or 'float16') for mixed precision
 
     config.loss = ml_collections.ConfigDict()
     config.loss.name = "proxy_anchor"

@@ -20,7 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict()
     config.model.name = "embedding_net"
     config.model.backbone = base.name
-    for key in ("embed_dim", "widths", "blocks_per_stage", "groups", "pooling"):
+    for key in ("embed_dim", "widths", "blocks_per_stage", "groups", "pooling", "dtype"):
         config.model[key] = base[key]
     config.model.head = "vmf"
     config.model.init_norm_multiplier = 1.0

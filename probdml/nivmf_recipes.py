@@ -132,6 +132,7 @@ def _base(dataset: str, dim: int, batch_size: int, epochs: int, milestones, gamm
     config.model.embed_dim = dim
     config.model.head = "vmf"
     config.model.init_norm_multiplier = init_norm
+    config.model.dtype = "float32"  # compute dtype: 'bfloat16' on TPU/GPU for mixed precision
 
     config.optim = ml_collections.ConfigDict()
     config.optim.name = "adam"  # torch Adam: coupled L2

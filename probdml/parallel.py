@@ -6,16 +6,19 @@ Mixup permutation) sees all samples: N devices compute the same loss as one devi
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from probdml.errors import ConfigError
 
 DATA_AXIS = "data"
+T = TypeVar("T")
 
 
 def initialize_distributed(cfg: ml_collections.ConfigDict | None) -> None:
@@ -77,3 +80,28 @@ def global_batch(mesh: Mesh, local: dict[str, np.ndarray]) -> dict[str, jax.Arra
 def replicate(mesh: Mesh, tree: Any) -> Any:
     """Place every leaf of `tree` on all devices of the mesh."""
     return jax.device_put(tree, replicated(mesh))
+
+
+def to_host(x: jax.Array | np.ndarray) -> np.ndarray:
+    """The whole value of `x` as a NumPy array on every process.
+
+    A global array with shards on other processes' devices (e.g. a batch-sharded result on a
+    multi-process mesh) is gathered with `multihost_utils.process_allgather` (a collective: every
+    process must call it); an array this process can read entirely is copied to the host as is.
+    """
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
+def lead_first(fn: Callable[[], T], name: str) -> T:
+    """`fn()` on process 0, then, after a barrier named `name`, on every other process.
+
+    For work on a shared filesystem that must not run concurrently, e.g. preparing a TFDS dataset:
+    the other processes find it done (or, on hosts without a shared filesystem, do it themselves).
+    """
+    if jax.process_count() == 1:
+        return fn()
+    result = fn() if jax.process_index() == 0 else None
+    multihost_utils.sync_global_devices(name)
+    return result if jax.process_index() == 0 else fn()

@@ -58,6 +58,7 @@ def imagenet_data_config(
     data.name = dataset
     data.data_dir = ""
     data.manual_dir = ""
+    data.download = True  # False: only the manual directory; a missing file fails at once
     data.batch_size = batch_size
     data.sampler = sampler
     data.samples_per_class = samples_per_class
@@ -132,6 +133,7 @@ def idml_retrieval_config(
     config.model.uncertainty_dim = 0 if baseline else 512
     config.model.uncertainty_l2_normalize = compat
     config.model.uncertainty_activation = "none"
+    config.model.dtype = "float32"  # compute dtype: 'bfloat16' on TPU/GPU for mixed precision
 
     loss, alpha_mode = IDML_LOSSES[loss_key]
     config.loss = ml_collections.ConfigDict(loss)

@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import flax
@@ -17,8 +17,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
-from probdml import checkpointing, data, evaluate, models, objective, optim, parallel, writers
+from probdml import checkpointing, config_checks, data, evaluate, models, objective, optim, parallel, writers
+from probdml import workdir as workdir_lib
 from probdml.errors import ConfigError, unknown_choice
 
 Array = jax.Array
@@ -74,10 +76,12 @@ def make_train_step(
     def loss_fn(params, batch_stats, batch, key):
         loss_key, mix_key, mix_loss_key = jax.random.split(key, 3)
         outputs, batch_stats = forward(params, batch_stats, batch["image"])
+        outputs = models.float32_outputs(outputs)
         loss, aux = obj.apply(params["loss"], outputs, batch["label"], loss_key)
         if use_mixup:
             mixed, lam, perm = mixup(mix_key, batch["image"], float(mixup_cfg.alpha))
             mixed_out, batch_stats = forward(params, batch_stats, mixed)
+            mixed_out = models.float32_outputs(mixed_out)
             key_a, key_b = jax.random.split(mix_loss_key)
             loss_a, _ = obj.apply(params["loss"], mixed_out, batch["label"], key_a)
             loss_b, _ = obj.apply(params["loss"], mixed_out, batch["label"][perm], key_b)
@@ -157,7 +161,8 @@ def warm_start(setup: Setup, state: TrainState, apply_fn: Callable[[Array], dict
 
 
 def validate_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Fail early, with a one-line ConfigError, on names and paths that cannot work."""
+    """Fail early, with a one-line ConfigError, on values, names and paths that cannot work."""
+    config_checks.check_config(config)
     parent = os.path.dirname(os.path.abspath(workdir))
     if not os.path.isdir(parent):
         raise ConfigError(f"workdir parent directory does not exist: {parent}")
@@ -214,25 +219,50 @@ def selection(config: ml_collections.ConfigDict) -> Selection:
 
 
 class _Preemption:
-    """Turns SIGTERM into a flag the loop polls, so it can checkpoint before exiting."""
+    """SIGTERM and SIGINT (Ctrl-C) as a step at which to checkpoint and exit with 128 + the signal number
+    (143, 130), polled by the loop with `reached(step)`; a second SIGINT interrupts at once.
+
+    One process: a Python handler sets a flag. N processes: JAX's preemption service (started by
+    `jax.distributed.initialize`, listening for SIGTERM) passes a notice from any process to all and
+    agrees on one step at which all of them stop (`multihost_utils.reached_preemption_sync_point`,
+    called at every step), so their checkpoint collectives match; SIGINT keeps Python's default there.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self.signum = 0
+        self._previous = {}
+        self._multi = jax.process_count() > 1
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
 
     def __enter__(self):
         def handler(signum, frame):
-            self.requested = True
+            if self.requested and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.requested, self.signum = True, signum
 
-        try:
-            self._previous = signal.signal(signal.SIGTERM, handler)
-        except ValueError:
-            self._previous = None
+        if self._multi:
+            return self
+        for signum in self.SIGNALS:
+            try:
+                self._previous[signum] = signal.signal(signum, handler)
+            except ValueError:  # not the main thread
+                pass
         return self
 
+    def reached(self, step: int) -> bool:
+        if self._multi and multihost_utils.reached_preemption_sync_point(step):
+            self.requested, self.signum = True, signal.SIGTERM
+        return self.requested
+
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
 
 def _progress(total: int, initial: int):
@@ -241,8 +271,12 @@ def _progress(total: int, initial: int):
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, disable=not sys.stderr.isatty())
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_changes: Sequence[str] = ()) -> dict[str, float]:
     """Train `config` in `workdir` (resuming from its latest checkpoint) and return the final metrics.
+
+    The workdir is one run (`probdml.workdir`): it is locked while in use, a config that differs from the
+    recorded one is refused unless every changed field is in `allow_changes` and safe to change, and a
+    finished run returns its recorded final metrics without training.
 
     Data parallel over `config.num_devices` devices (0 = all) with the global batch sharded along a
     1-D mesh. Process 0 writes the config (config.json), TensorBoard events and metrics.jsonl to <workdir> and the final
@@ -256,15 +290,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     parallel.check_batch_size(config.eval.batch_size, mesh, "eval batch size")
     lead = jax.process_index() == 0
     sel = selection(config)
-    os.makedirs(workdir, exist_ok=True)
-    if lead:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=1))
+    run = workdir_lib.open_run(config, workdir, allow_changes, jax.process_index(), jax.process_count())
+    if run.finished is not None:
+        writers.log(f"finished: {workdir} holds a finished run of {config.num_steps} steps; nothing to do")
+        return run.finished
+    parallel.lead_first(lambda: data.prepare(config.data), "prepare dataset")
     train_ds = data.load_split(config.data, sel.train_split)
     eval_sets = {"test": data.load_split(config.data, "test")}
     if sel.split == "val":
         eval_sets = {"val": data.load_split(config.data, "val"), **eval_sets}
     test_ds = eval_sets["test"]
+    config_checks.check_data(config, train_ds, test_ds)
     setup = create_setup(config, mesh, train_ds.num_classes, train_ds.image_shape)
     model, state, train_step = setup.model, setup.state, setup.train_step
 
@@ -298,7 +334,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         return evaluate.evaluate_outputs(outputs, ds.labels, config.eval, mesh, vmf=vmf,
                                          severity=getattr(ds, "severity", None))
 
-    writer = writers.MetricWriter(workdir) if lead else None
+    run.record()
+    writer = writers.MetricWriter(workdir, resume_step=start) if lead else None
     batches = data.pipeline.train_batches(
         config.data, train_ds, config.seed, start, jax.process_index(), jax.process_count()
     )
@@ -332,18 +369,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 eval_metrics = {f"{during}/{k}": v for k, v in run_eval(state, during).items()}
                 if writer is not None:
                     writer.write_scalars(step, eval_metrics)
-                writers.log(f"eval step {step}  {writers.format_scalars(_console(eval_metrics))}")
+                writers.log(f"eval step {step}  {writers.format_scalars(writers.console_metrics(eval_metrics))}")
             track_best = evaluated and bool(sel.key)
-            if step % config.checkpoint_every == 0 or step == num_steps or track_best or preemption.requested:
+            preempted = preemption.reached(step)
+            if step % config.checkpoint_every == 0 or step == num_steps or track_best or preempted:
                 checkpointing.save(mngr, step, state, eval_metrics if evaluated else None)
-            if preemption.requested:
+            if preempted:
                 mngr.wait_until_finished()
                 if bar is not None:
                     bar.close()
                 if writer is not None:
                     writer.close()
-                writers.log(f"SIGTERM: saved a checkpoint at step {step}; rerun the same command to resume")
-                raise SystemExit(143)
+                writers.log(f"{preemption.name}: saved a checkpoint at step {step}; rerun the same command to resume")
+                raise SystemExit(128 + preemption.signum)
     if bar is not None:
         bar.close()
     mngr.wait_until_finished()
@@ -371,30 +409,3 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
             json.dump(record, f, indent=1)
     return record
-
-
-def _console(metrics: dict[str, float]) -> dict[str, float]:
-    """The metrics worth a console line: retrieval, clustering, every R-AUROC and the primary rejection
-    recall; the per-score rejection recalls and the severity bins go to TensorBoard and metrics.jsonl."""
-
-    def keep(key: str) -> bool:
-        split, _, rest = key.partition("/")
-        name = rest if split in ("val", "test") else key
-        return "/" not in name or name.startswith("r_auroc/") or (
-            name.startswith("recall@1/reject") and name.count("/") == 1)
-
-    return {k: v for k, v in metrics.items() if keep(k)}
-
-
-def final_line(record: dict[str, Any]) -> str:
-    """The run's closing console lines, naming the split and step of every number: 'final test@<step>'
-    (the last step) and, when the run selects, 'selected test@<step> by <split/metric>=<value>'."""
-
-    def pairs(metrics: dict[str, Any]) -> str:
-        return "  ".join(f"{k}={v:.4f}" for k, v in _console(metrics).items() if isinstance(v, float))
-
-    line = f"final test@{record['step']}  {pairs(record)}"
-    if "selection" in record:
-        s = record["selection"]
-        line += f"\nselected test@{s['step']} by {s['metric']}={s['value']:.4f}  {pairs(record['selected'])}"
-    return line

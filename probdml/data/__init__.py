@@ -14,7 +14,8 @@ downloaded by TFDS from its official URL (see `probdml.data.manual`):
            (ftp://cs.stanford.edu/cs/cvgl/Stanford_Online_Products.zip)
 
 A file neither in the manual directory nor downloadable raises one ConfigError naming the expected
-files, the manual directory and the download error. The image
+files, the manual directory and the download error, within seconds when offline (an unreachable host is
+detected before TFDS's retries); `data.download=False` forbids downloads (the manual directory only). The image
 datasets are stored as ArrayRecord files (random access by index; in this TFDS version
 `builder.as_data_source()` reads them and `builder.as_dataset()` does not: pass
 `file_format='tfrecord'` to the builder for a tf.data-only copy).
@@ -118,15 +119,21 @@ def prepare(data_cfg: ml_collections.ConfigDict):
     image datasets)."""
     import tensorflow_datasets as tfds
 
+    from probdml.data import manual
+
     config = check_builder_config(data_cfg)
     preprocess.tf_cpu()
     builder = _builders()[data_cfg.name](config=config or None, data_dir=data_dir(data_cfg))
-    with writers.quiet_dataset_preparation(data_cfg.name, data_dir(data_cfg), data_cfg.name in IN_MEMORY):
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(
-                manual_dir=manual_dir(data_cfg), compute_stats=tfds.download.ComputeStatsMode.SKIP
+    try:
+        with writers.quiet_dataset_preparation(data_cfg.name, data_dir(data_cfg), data_cfg.name in IN_MEMORY), \
+                manual.downloads_enabled(data_cfg.get("download", True)):
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(
+                    manual_dir=manual_dir(data_cfg), compute_stats=tfds.download.ComputeStatsMode.SKIP
+                )
             )
-        )
+    except FileExistsError:  # another process sharing the data_dir finished preparing it first
+        builder = _builders()[data_cfg.name](config=config or None, data_dir=data_dir(data_cfg))
     return builder
 
 

@@ -17,10 +17,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from probdml import similarity, special
+from probdml import checks, similarity, special
 
 SimilarityFn = Callable[[Any, Any], jax.Array]
 """A pairwise similarity ``sim(q_block, r_block) -> [bq, br]`` (higher = nearer); blocks are
@@ -118,6 +119,15 @@ def _leading_dim(tree: Any, name: str) -> int:
     return sizes.pop()
 
 
+def check_embeddings(where: str, arg: str, tree: Any, matrix: bool, dim: int | None = None) -> None:
+    """Every array of `tree` is free of NaN and inf (a non-finite embedding has no neighbours); with
+    `matrix` (the built-in metrics), `tree` is one floating [N, D] array (D = `dim` when given)."""
+    if matrix:
+        checks.check_matrix(where, arg, tree, "[N, D]", cols=dim)
+    for leaf in jax.tree.leaves(tree):
+        checks.check_finite(where, arg, leaf)
+
+
 def _pad_rows(tree: Any, start: int, size: int) -> Any:
     """Rows start..start+size of every leaf, padded by repeating the last row (finite padding)."""
 
@@ -127,6 +137,13 @@ def _pad_rows(tree: Any, start: int, size: int) -> Any:
         return leaf[rows]
 
     return jax.tree.map(take, tree)
+
+
+def _to_host(x: Any) -> np.ndarray:
+    """A result block as NumPy on every process (gathered when it spans other processes' devices)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -166,6 +183,7 @@ def knn(
     blocks are sharded over the ``'data'`` axis of `mesh` (default: all devices), references are
     replicated. Returns (scores [Nq, k], indices [Nq, k]) as NumPy arrays.
     """
+    builtin = isinstance(metric, str)
     if isinstance(metric, str) and metric in PAIRWISE:
         metric = PAIRWISE[metric]
     if not callable(metric) and metric not in METRICS:
@@ -173,7 +191,12 @@ def knn(
     if ref_includes_query is None:
         ref_includes_query = references is None
     queries = jax.tree.map(np.asarray, queries)
-    references = queries if references is None else jax.tree.map(np.asarray, references)
+    check_embeddings("knn", "queries", queries, builtin)
+    if references is not None:
+        references = jax.tree.map(np.asarray, references)
+        check_embeddings("knn", "references", references, builtin,
+                         dim=checks.shape_of(queries)[1] if builtin else None)
+    references = queries if references is None else references
     n_q = _leading_dim(queries, "queries")
     n_ref = _leading_dim(references, "references")
     if ref_includes_query and n_ref < n_q:
@@ -221,7 +244,7 @@ def knn(
         out_s.append(run_s)
         out_i.append(run_i)
         if qb >= 1:  # at most two query blocks in flight: bounded memory, host and device overlap
-            out_s[qb - 1], out_i[qb - 1] = np.asarray(out_s[qb - 1]), np.asarray(out_i[qb - 1])
-    scores = np.concatenate([np.asarray(s) for s in out_s])[:n_q]
-    indices = np.concatenate([np.asarray(i) for i in out_i])[:n_q]
+            out_s[qb - 1], out_i[qb - 1] = _to_host(out_s[qb - 1]), _to_host(out_i[qb - 1])
+    scores = np.concatenate([_to_host(s) for s in out_s])[:n_q]
+    indices = np.concatenate([_to_host(i) for i in out_i])[:n_q]
     return scores, indices.astype(np.int64)

@@ -2,7 +2,9 @@
 
 'small_convnet': SmallConvNet alone (embedding = its linear head). 'embedding_net': EmbeddingNet, a
 backbone (small_convnet or a ResNet) with a semantic or vMF head and an optional uncertainty head
-(probdml.models.embedding). The config key `pretrained` is not a constructor argument: it names a
+(probdml.models.embedding). Every model has a `dtype` (COMPUTE_DTYPES): the dtype its convolutions and
+dense layers compute in, 'float32' by default; parameters stay float32 and every output is float32, so
+similarities, special functions and losses never run in 16 bits. The config key `pretrained` is not a constructor argument: it names a
 directory of converted torchvision weights that `load_pretrained_variables` merges into the
 initialised variables ('' = none; None = required but not given, a ConfigError).
 """
@@ -14,10 +16,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
+import jax.numpy as jnp
 import ml_collections
 
 from probdml.errors import ConfigError, unknown_choice
-from probdml.models.embedding import EmbeddingNet, merge_pretrained_backbone
+from probdml.models.embedding import COMPUTE_DTYPES, EmbeddingNet, merge_pretrained_backbone
 from probdml.models.small import SmallConvNet
 from probdml.models.small_resnet import SmallResNet
 
@@ -26,6 +29,9 @@ MODELS: dict[str, type[nn.Module]] = {
     "small_resnet": SmallResNet,
     "embedding_net": EmbeddingNet,
 }
+
+# model.dtype: the compute dtype of backbones and heads (mixed precision: bfloat16 on TPU/GPU; float16
+# only where the hardware lacks bfloat16, its range ends at 65504).
 
 # Config keys read by the trainer, not passed to the module.
 NON_MODULE_KEYS = ("name", "pretrained")
@@ -45,7 +51,21 @@ def build_model(model_cfg: ml_collections.ConfigDict) -> nn.Module:
             f"{', '.join(sorted(fields | {'pretrained'}))}"
         )
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+    if "dtype" in kwargs:
+        compute_dtype(kwargs["dtype"])
     return cls(**kwargs)
+
+
+def compute_dtype(name: str) -> jnp.dtype:
+    """The dtype named by `model.dtype` (one of COMPUTE_DTYPES); a ConfigError naming the choices otherwise."""
+    if name not in COMPUTE_DTYPES:
+        raise unknown_choice("model dtype", name, COMPUTE_DTYPES)
+    return jnp.dtype(name)
+
+
+def float32_outputs(outputs: dict) -> dict:
+    """Every output at least float32 (float64 stays float64): what a 16-bit network hands to the loss."""
+    return {k: v.astype(jnp.promote_types(v.dtype, jnp.float32)) for k, v in outputs.items()}
 
 
 def check_pretrained(model_cfg: ml_collections.ConfigDict) -> str:

@@ -38,13 +38,14 @@ from probdml.errors import ConfigError, unknown_choice
 from probdml.models import convert
 from probdml.models.heads import ACTIVATIONS, SemanticHead, UncertaintyHead, VMFHead, l2_normalize
 from probdml.models.resnet import ARCHITECTURES, POOLINGS, resnet
-from probdml.models.small import SmallConvNet
+from probdml.models.small import SmallConvNet, compute_dtype_or_none
 from probdml.models.small_resnet import SmallResNet
 
 Array = jax.Array
 
 BACKBONES = ("small_convnet", "small_resnet", *ARCHITECTURES)
 HEADS = ("semantic", "vmf")
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
 # Regular expressions (full match on '/'-joined parameter paths) for optim.model_groups.
 _BN_MODULE = r"(bn\d*|downsample_bn)"
@@ -69,6 +70,8 @@ class EmbeddingNet(nn.Module):
       uncertainty_l2_normalize, uncertainty_activation ('none' | 'relu'): the uncertainty head's options.
       widths, hidden: SmallConvNet's options; widths, blocks_per_stage, groups, pooling: SmallResNet's.
         (SmallResNet also 'flatten'), pooling ('avg' | 'max' | 'avg+max'), frozen_bn_stats, frozen_bn_affine: the ResNets' options.
+      dtype: compute dtype of the backbone and the heads ('float32', 'bfloat16', 'float16'; None: that of
+        the inputs); parameters, BatchNorm statistics, pooling and every output are at least float32.
     """
 
     backbone: str = "small_convnet"
@@ -86,6 +89,7 @@ class EmbeddingNet(nn.Module):
     pooling: str = "avg+max"
     frozen_bn_stats: bool = False
     frozen_bn_affine: bool = False
+    dtype: str | None = None
 
     def __post_init__(self):
         check_options(self)
@@ -93,8 +97,10 @@ class EmbeddingNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> dict[str, Array]:
+        dtype = compute_dtype_or_none(self.dtype)
         if self.backbone == "small_convnet":
-            h = SmallConvNet(embed_dim=0, widths=self.widths, hidden=self.hidden, name="backbone")(x, train)["features"]
+            h = SmallConvNet(embed_dim=0, widths=self.widths, hidden=self.hidden, dtype=self.dtype, name="backbone")(
+                x, train)["features"]
         elif self.backbone == "small_resnet":
             h = SmallResNet(
                 embed_dim=0,
@@ -102,6 +108,7 @@ class EmbeddingNet(nn.Module):
                 blocks_per_stage=self.blocks_per_stage,
                 groups=self.groups,
                 pooling="avgmax" if self.pooling == "avg+max" else self.pooling,
+                dtype=self.dtype,
                 name="backbone",
             )(x, train)["features"]
         else:
@@ -110,22 +117,24 @@ class EmbeddingNet(nn.Module):
                 pooling=self.pooling,
                 frozen_bn_stats=self.frozen_bn_stats,
                 frozen_bn_affine=self.frozen_bn_affine,
+                dtype=dtype,
                 name="backbone",
             )(x, train)
         out = {"features": h}
         if self.head == "semantic":
-            raw = SemanticHead(self.embed_dim, l2_normalize=False, name="embedding")(h)
+            raw = SemanticHead(self.embed_dim, l2_normalize=False, dtype=dtype, name="embedding")(h)
             out["embedding"] = l2_normalize(raw) if self.normalize_embedding else raw
             if self.normalize_embedding:
                 out["embedding_norm"] = jnp.linalg.norm(raw, axis=-1)
         else:
-            out["embedding"] = VMFHead(self.embed_dim, init_norm_multiplier=self.init_norm_multiplier,
+            out["embedding"] = VMFHead(self.embed_dim, init_norm_multiplier=self.init_norm_multiplier, dtype=dtype,
                                        name="embedding")(h)
         if self.uncertainty_dim > 0:
             out["uncertainty"] = UncertaintyHead(
                 self.uncertainty_dim,
                 l2_normalize=self.uncertainty_l2_normalize,
                 activation=self.uncertainty_activation,
+                dtype=dtype,
                 name="uncertainty",
             )(h)
         return out
@@ -133,6 +142,8 @@ class EmbeddingNet(nn.Module):
 
 def check_options(net: EmbeddingNet) -> None:
     """ConfigError for an unknown backbone, head, activation or pooling, or a non-positive size."""
+    if net.dtype is not None and net.dtype not in COMPUTE_DTYPES:
+        raise unknown_choice("model dtype", net.dtype, COMPUTE_DTYPES)
     if net.backbone not in BACKBONES:
         raise unknown_choice("backbone", net.backbone, BACKBONES)
     if net.head not in HEADS:
@@ -165,3 +176,4 @@ def merge_pretrained_backbone(net: EmbeddingNet, variables: Mapping[str, Any], d
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(f"model.pretrained={directory!r}: {e}") from e
     return convert.merge_pretrained(variables, pretrained, at="backbone")
+

@@ -10,6 +10,9 @@ Three heads, shared by the IDML and EL-nivMF methods:
   scaled by an initial norm multiplier m; no normalisation, since the norm ||z|| is the
   vMF concentration (EL-nivMF spec 6).
 
+Heads compute in their `dtype` (None: the inputs' and parameters' dtype) and return at least float32,
+so the normalisation, the vMF concentration and everything downstream never run in 16 bits.
+
 Each head keeps its parameters in a submodule `dense` as `kernel` [in, out] and `bias`
 [out] (the `flax.linen.Dense` layout; a torch `nn.Linear` weight is the transposed kernel).
 """
@@ -106,6 +109,7 @@ class SemanticHead(nn.Module):
             param_dtype=self.param_dtype,
             name="dense",
         )(h)
+        y = y.astype(jnp.promote_types(y.dtype, jnp.float32))
         return l2_normalize(y, self.eps) if self.l2_normalize else y
 
 
@@ -128,6 +132,7 @@ class UncertaintyHead(nn.Module):
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         u = TorchDense(self.features, dtype=self.dtype, param_dtype=self.param_dtype, name="dense")(h)
+        u = u.astype(jnp.promote_types(u.dtype, jnp.float32))
         if self.activation == "relu":
             u = nn.relu(u)
         return l2_normalize(u, self.eps) if self.l2_normalize else u
@@ -148,10 +153,11 @@ class VMFHead(nn.Module):
 
     @nn.compact
     def __call__(self, h: Array) -> Array:
-        return TorchDense(
+        z = TorchDense(
             self.features,
             kernel_scale=self.init_norm_multiplier,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name="dense",
         )(h)
+        return z.astype(jnp.promote_types(z.dtype, jnp.float32))

@@ -245,7 +245,8 @@ class ResNet(nn.Module):
 
 
 def global_pool(feature_map: Array, pooling: str) -> Array:
-    """Pool [N, H, W, C] -> [N, C]: mean ("avg"), max ("max") or mean + max ("avg+max")."""
+    """Pool [N, H, W, C] -> [N, C]: mean ("avg"), max ("max") or mean + max ("avg+max"), in at least float32."""
+    feature_map = feature_map.astype(jnp.promote_types(feature_map.dtype, jnp.float32))
     if pooling == "avg":
         return jnp.mean(feature_map, axis=(1, 2))
     if pooling == "max":

@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from probdml.models.small import compute_dtype_or_none
+
 POOLINGS = ("flatten", "avg", "avgmax")
 
 
@@ -23,18 +25,20 @@ class BasicBlock(nn.Module):
     width: int
     stride: int = 1
     groups: int = 8
+    dtype: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         groups = min(self.groups, self.width)
         strides = (self.stride, self.stride)
-        y = nn.Conv(self.width, (3, 3), strides, use_bias=False, name="conv1")(x)
-        y = nn.relu(nn.GroupNorm(num_groups=groups, name="norm1")(y))
-        y = nn.Conv(self.width, (3, 3), use_bias=False, name="conv2")(y)
-        y = nn.GroupNorm(num_groups=groups, scale_init=nn.initializers.zeros, name="norm2")(y)
+        dt = compute_dtype_or_none(self.dtype)
+        y = nn.Conv(self.width, (3, 3), strides, use_bias=False, dtype=dt, name="conv1")(x)
+        y = nn.relu(nn.GroupNorm(num_groups=groups, dtype=dt, name="norm1")(y))
+        y = nn.Conv(self.width, (3, 3), use_bias=False, dtype=dt, name="conv2")(y)
+        y = nn.GroupNorm(num_groups=groups, scale_init=nn.initializers.zeros, dtype=dt, name="norm2")(y)
         if self.stride != 1 or x.shape[-1] != self.width:
-            x = nn.Conv(self.width, (1, 1), strides, use_bias=False, name="proj")(x)
-            x = nn.GroupNorm(num_groups=groups, name="proj_norm")(x)
+            x = nn.Conv(self.width, (1, 1), strides, use_bias=False, dtype=dt, name="proj")(x)
+            x = nn.GroupNorm(num_groups=groups, dtype=dt, name="proj_norm")(x)
         return nn.relu(x + y)
 
 
@@ -49,6 +53,8 @@ class SmallResNet(nn.Module):
     Global pooling needs depth to encode shape; on 32x32 glyphs with three blocks it barely
     trains, while the flattened map trains fast (the position of strokes is the signal).
     `embed_dim=0` builds no embedding head (a backbone for EmbeddingNet): output {'features'} only.
+    `dtype`: the compute dtype of the layers (models.COMPUTE_DTYPES; None: that of the inputs); GroupNorm
+    statistics (flax computes them in float32), pooling and the outputs are at least float32.
     """
 
     embed_dim: int = 64
@@ -56,6 +62,7 @@ class SmallResNet(nn.Module):
     blocks_per_stage: int = 1
     groups: int = 8
     pooling: str = "flatten"
+    dtype: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
@@ -66,12 +73,14 @@ class SmallResNet(nn.Module):
             raise ValueError(
                 f"need blocks_per_stage >= 1 and at least one stage, got {self.blocks_per_stage}, {self.widths}"
             )
-        x = nn.Conv(self.widths[0], (3, 3), use_bias=False, name="stem")(x)
-        x = nn.relu(nn.GroupNorm(num_groups=min(self.groups, self.widths[0]), name="stem_norm")(x))
+        dt = compute_dtype_or_none(self.dtype)
+        x = nn.Conv(self.widths[0], (3, 3), use_bias=False, dtype=dt, name="stem")(x)
+        x = nn.relu(nn.GroupNorm(num_groups=min(self.groups, self.widths[0]), dtype=dt, name="stem_norm")(x))
         for i, width in enumerate(self.widths):
             for j in range(self.blocks_per_stage):
                 stride = 2 if i > 0 and j == 0 else 1
-                x = BasicBlock(width, stride, self.groups, name=f"stage{i}_block{j}")(x)
+                x = BasicBlock(width, stride, self.groups, self.dtype, name=f"stage{i}_block{j}")(x)
+        x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
         if self.pooling == "flatten":
             features = x.reshape(x.shape[0], -1)
         else:
@@ -83,6 +92,8 @@ class SmallResNet(nn.Module):
         embedding = nn.Dense(
             self.embed_dim,
             kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+            dtype=dt,
             name="embedding",
         )(features)
-        return {"embedding": embedding, "features": features}
+        return {"embedding": embedding.astype(features.dtype), "features": features}
+

@@ -17,6 +17,11 @@ options, option pairs that contradict each other, and the `compat` preset. `reso
 once, for every entry: unknown options, bad choices, non-positive values, contradictory pairs and
 `compat=True` together with an explicit value the preset would override all raise a one-line
 ConfigError (naming both options for a contradiction).
+
+Inputs (`check_bundles`): each bundle's 'embedding' must be a non-empty floating [N, D] (and [M, D] with
+the same D), 'kappa' [N], 'kappas' [N, D], 'uncertainty' N rows; a one-line ValueError names the bundle
+field otherwise. Concrete inputs with a NaN or inf are an error; under jit, a non-finite input row gives
+NaN similarities and distances in its row or column, never a finite number (`probdml.checks`).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from probdml import checks
 from probdml.errors import ConfigError, unknown_choice
 from probdml.similarity import bundles
 from probdml.similarity.idml import ALPHA_MODES, BETA_FORMS, ISM_COMPAT_PRESET, ISM_FORMS
@@ -181,10 +187,49 @@ def get_similarity(name: str, **options) -> Callable[..., Pairwise]:
 
     def pairwise(a: Mapping[str, Array], b: Mapping[str, Array], *, key: Array | None = None,
                  temperature: float | Array | None = None) -> Pairwise:
+        check_bundles(name, a, b)
         runtime = {"key": key, "temperature": temperature}
-        return spec.kernel(a, b, **{k: runtime[k] for k in reads}, **bound)
+        out = spec.kernel(a, b, **{k: runtime[k] for k in reads}, **bound)
+        bad = _nonfinite(a)[:, None] | _nonfinite(b)[None, :]
+        return Pairwise(*(jnp.where(bad, jnp.nan, m) for m in out))
 
     return pairwise
+
+
+BUNDLE_FIELDS = ("embedding", "kappa", "kappas", "uncertainty")
+
+
+def check_bundles(name: str, a: Mapping[str, Array], b: Mapping[str, Array]) -> None:
+    """Shapes and dtypes of two bundles (module docstring); values too when they are concrete."""
+    where = f"similarity {name!r}"
+    for arg, bundle, n in (("a", a, "N"), ("b", b, "M")):
+        if not isinstance(bundle, Mapping) or "embedding" not in bundle:
+            raise ValueError(f"{where}: {arg} must be a bundle {{'embedding': [{n}, D], ...}}, got {type(bundle).__name__}")
+    d = checks.shape_of(a["embedding"])[1:2]
+    for arg, bundle, n in (("a", a, "N"), ("b", b, "M")):
+        checks.check_matrix(where, f"{arg}['embedding']", bundle["embedding"], f"[{n}, D]",
+                            cols=d[0] if d and arg == "b" else None)
+        rows = checks.shape_of(bundle["embedding"])[0]
+        if "kappa" in bundle:
+            checks.check_vector(where, f"{arg}['kappa']", bundle["kappa"], rows, f"[{n}]")
+        if "kappas" in bundle:
+            checks.check_matrix(where, f"{arg}['kappas']", bundle["kappas"], f"[{n}, D]", rows=rows,
+                                cols=checks.shape_of(bundle["embedding"])[1])
+        if "uncertainty" in bundle and checks.shape_of(bundle["uncertainty"])[:1] != (rows,):
+            raise ValueError(f"{where}: {arg}['uncertainty'] must have {rows} rows ([{n}, Du]), "
+                             f"got shape {checks.shape_of(bundle['uncertainty'])}")
+        for field_name in BUNDLE_FIELDS:
+            if field_name in bundle:
+                checks.check_finite(where, f"{arg}[{field_name!r}]", bundle[field_name])
+
+
+def _nonfinite(bundle: Mapping[str, Array]) -> Array:
+    """[N] bool: rows of the bundle with a NaN or inf in any of its fields."""
+    bad = checks.nonfinite_rows(bundle["embedding"])
+    for field_name in BUNDLE_FIELDS[1:]:
+        if field_name in bundle:
+            bad = bad | checks.nonfinite_rows(jnp.reshape(bundle[field_name], (bad.shape[0], -1)))
+    return bad
 
 
 def _temperature_inside(name: str, options: Mapping[str, Any]) -> bool:
