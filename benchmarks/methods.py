@@ -52,6 +52,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "idml_ulr1": ("idml_proxy_anchor", {"optim.lr_mults.uncertainty": 1.0}),
     "idml_ulr0.01": ("idml_proxy_anchor", {"optim.lr_mults.uncertainty": 0.01}),
     "idml_uwarmup": ("idml_proxy_anchor", {"optim.frozen_until.uncertainty": "quarter"}),
+    "idml_uinit0.1": ("idml_proxy_anchor", {"model.uncertainty_init_scale": 0.1}),
+    "idml_uinit0.1_ulr1": ("idml_proxy_anchor", {"model.uncertainty_init_scale": 0.1, "optim.lr_mults.uncertainty": 1.0}),
     "idml_no_mixup": ("idml_proxy_anchor", {"mixup.enabled": False}),
     "idml_clean2": ("idml_proxy_anchor", {"mixup.clean_weight": 2.0}),
     "idml_mix_alpha0.4": ("idml_proxy_anchor", {"mixup.alpha": 0.4}),

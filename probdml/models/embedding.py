@@ -66,7 +66,8 @@ class EmbeddingNet(nn.Module):
         scaled by `init_norm_multiplier`, never normalised).
       normalize_embedding: L2-normalise the semantic embedding (ignored by 'vmf').
       uncertainty_dim: size of the uncertainty embedding; 0 = no uncertainty head.
-      uncertainty_l2_normalize, uncertainty_activation ('none' | 'relu'): the uncertainty head's options.
+      uncertainty_l2_normalize, uncertainty_activation ('none' | 'relu'), uncertainty_init_scale (its kernel's
+        initialisation relative to PyTorch's): the uncertainty head's options.
       widths, hidden: SmallConvNet's options; widths, blocks_per_stage, groups, pooling: SmallResNet's.
         (SmallResNet also 'flatten'), pooling ('avg' | 'max' | 'avg+max'), frozen_bn_stats, frozen_bn_affine: the ResNets' options.
     """
@@ -78,6 +79,7 @@ class EmbeddingNet(nn.Module):
     uncertainty_dim: int = 0
     uncertainty_l2_normalize: bool = False
     uncertainty_activation: str = "none"
+    uncertainty_init_scale: float = 1.0
     init_norm_multiplier: float = 1.0
     widths: Sequence[int] = (32, 64, 128)
     hidden: int = 256
@@ -126,6 +128,7 @@ class EmbeddingNet(nn.Module):
                 self.uncertainty_dim,
                 l2_normalize=self.uncertainty_l2_normalize,
                 activation=self.uncertainty_activation,
+                init_scale=self.uncertainty_init_scale,
                 name="uncertainty",
             )(h)
         return out
