@@ -45,16 +45,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DATASETS = ("glyphs", "glyphs_ambiguous", "digits")
 BASE_METHODS = ("proxy_anchor", "proxy_anchor_mixup", "idml_proxy_anchor", "idml_compat", "el_nivmf", "el_nivmf_d16")
 # Ablations: (base method, {dotted config field: value}).
+TORCH_INIT = {"model.uncertainty_init_scale": 1.0}  # the uncertainty head at PyTorch's init (the pre-fix default)
 VARIANTS: dict[str, tuple[str, dict]] = {
-    "idml_tau2.5": ("idml_proxy_anchor", {"loss.similarity_options.tau": 2.5}),
-    "idml_tau20": ("idml_proxy_anchor", {"loss.similarity_options.tau": 20.0}),
-    "idml_alpha_sq": ("idml_proxy_anchor", {"loss.similarity_options.alpha_mode": "sqeuclid_norm"}),
+    "idml_torch_init": ("idml_proxy_anchor", TORCH_INIT),
+    "idml_torch_init_tau2.5": ("idml_proxy_anchor", {**TORCH_INIT, "loss.similarity_options.tau": 2.5}),
+    "idml_torch_init_tau20": ("idml_proxy_anchor", {**TORCH_INIT, "loss.similarity_options.tau": 20.0}),
+    "idml_torch_init_alpha_sq": ("idml_proxy_anchor", {**TORCH_INIT, "loss.similarity_options.alpha_mode": "sqeuclid_norm"}),
+    "idml_torch_init_no_mixup": ("idml_proxy_anchor", {**TORCH_INIT, "mixup.enabled": False}),
+    "idml_torch_init_uwarmup": ("idml_proxy_anchor", {**TORCH_INIT, "optim.frozen_until.uncertainty": "quarter"}),
     "idml_ulr1": ("idml_proxy_anchor", {"optim.lr_mults.uncertainty": 1.0}),
     "idml_ulr0.01": ("idml_proxy_anchor", {"optim.lr_mults.uncertainty": 0.01}),
-    "idml_uwarmup": ("idml_proxy_anchor", {"optim.frozen_until.uncertainty": "quarter"}),
-    "idml_uinit0.1": ("idml_proxy_anchor", {"model.uncertainty_init_scale": 0.1}),
-    "idml_uinit0.1_ulr1": ("idml_proxy_anchor", {"model.uncertainty_init_scale": 0.1, "optim.lr_mults.uncertainty": 1.0}),
-    "idml_no_mixup": ("idml_proxy_anchor", {"mixup.enabled": False}),
     "idml_clean2": ("idml_proxy_anchor", {"mixup.clean_weight": 2.0}),
     "idml_mix_alpha0.4": ("idml_proxy_anchor", {"mixup.alpha": 0.4}),
     "proxy_anchor_mixup_alpha0.4": ("proxy_anchor_mixup", {"mixup.alpha": 0.4}),
@@ -124,7 +124,8 @@ def run(dataset: str, method: str, seed: int, steps: int, batch_size: int, evals
             result = json.load(f)
         if (result.get("steps"), result.get("batch_size")) == (config.num_steps, config.data.batch_size):
             print(f"{method} seed {seed}: read back from {done}", flush=True)
-            return result
+            with open(os.path.join(workdir, "final_metrics.json")) as f:
+                return {**summarize(json.load(f)), **result}
     config.data.data_dir = data_dir
     config.eval_every = max(config.num_steps // evals, 1)
     config.checkpoint_every = config.eval_every
@@ -175,7 +176,8 @@ def _mean_sd(values: list[float]) -> str:
 
 
 def columns(severity: bool) -> list[tuple[str, str]]:
-    cols = [("R@1 (sel.)", "recall@1"), ("R@1 (final)", "final_recall@1"), ("MAP@R", "map@r")]
+    cols = [("val R@1 (sel.)", "val_recall@1"), ("R@1 (sel.)", "recall@1"), ("R@1 (final)", "final_recall@1"),
+            ("MAP@R", "map@r")]
     cols += [(f"R-AUROC {s}", f"r_auroc/{s}") for s in SCORES]
     cols += [("R@1 rej. 20%", "recall@1/reject20")]
     if severity:
