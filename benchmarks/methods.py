@@ -45,14 +45,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DATASETS = ("glyphs", "glyphs_ambiguous", "digits")
 BASE_METHODS = ("proxy_anchor", "proxy_anchor_mixup", "idml_proxy_anchor", "idml_compat", "el_nivmf", "el_nivmf_d16")
 # Ablations: (base method, {dotted config field: value}).
+TORCH_INIT = {"model.uncertainty_init_scale": 1.0}  # the uncertainty head at PyTorch's init (the pre-fix default)
 VARIANTS: dict[str, tuple[str, dict]] = {
-    "idml_tau2.5": ("idml_proxy_anchor", {"loss.similarity_options.tau": 2.5}),
-    "idml_tau20": ("idml_proxy_anchor", {"loss.similarity_options.tau": 20.0}),
-    "idml_alpha_sq": ("idml_proxy_anchor", {"loss.similarity_options.alpha_mode": "sqeuclid_norm"}),
+    "idml_torch_init": ("idml_proxy_anchor", TORCH_INIT),
+    "idml_torch_init_tau2.5": ("idml_proxy_anchor", {**TORCH_INIT, "loss.similarity_options.tau": 2.5}),
+    "idml_torch_init_tau20": ("idml_proxy_anchor", {**TORCH_INIT, "loss.similarity_options.tau": 20.0}),
+    "idml_torch_init_alpha_sq": ("idml_proxy_anchor", {**TORCH_INIT, "loss.similarity_options.alpha_mode": "sqeuclid_norm"}),
+    "idml_torch_init_no_mixup": ("idml_proxy_anchor", {**TORCH_INIT, "mixup.enabled": False}),
+    "idml_torch_init_uwarmup": ("idml_proxy_anchor", {**TORCH_INIT, "optim.frozen_until.uncertainty": "quarter"}),
     "idml_ulr1": ("idml_proxy_anchor", {"optim.lr_mults.uncertainty": 1.0}),
     "idml_ulr0.01": ("idml_proxy_anchor", {"optim.lr_mults.uncertainty": 0.01}),
-    "idml_uwarmup": ("idml_proxy_anchor", {"optim.frozen_until.uncertainty": "quarter"}),
-    "idml_no_mixup": ("idml_proxy_anchor", {"mixup.enabled": False}),
     "idml_clean2": ("idml_proxy_anchor", {"mixup.clean_weight": 2.0}),
     "idml_mix_alpha0.4": ("idml_proxy_anchor", {"mixup.alpha": 0.4}),
     "proxy_anchor_mixup_alpha0.4": ("proxy_anchor_mixup", {"mixup.alpha": 0.4}),
@@ -122,7 +124,8 @@ def run(dataset: str, method: str, seed: int, steps: int, batch_size: int, evals
             result = json.load(f)
         if (result.get("steps"), result.get("batch_size")) == (config.num_steps, config.data.batch_size):
             print(f"{method} seed {seed}: read back from {done}", flush=True)
-            return result
+            with open(os.path.join(workdir, "final_metrics.json")) as f:
+                return {**summarize(json.load(f)), **result}
     config.data.data_dir = data_dir
     config.eval_every = max(config.num_steps // evals, 1)
     config.checkpoint_every = config.eval_every
@@ -141,7 +144,10 @@ def summarize(record: dict) -> dict:
     the run selects, else of the final step; with 'final_recall@1' and the step they come from."""
     reported = record.get("selected", {k: v for k, v in record.items() if isinstance(v, float)})
     step = record["selection"]["step"] if "selection" in record else record["step"]
-    return {**reported, "final_recall@1": record["recall@1"], "reported_step": step, "final_step": record["step"]}
+    selected = {"val_" + record["selection"]["metric"].split("/", 1)[1]: record["selection"]["value"]} \
+        if "selection" in record else {}
+    return {**reported, **selected, "final_recall@1": record["recall@1"], "reported_step": step,
+            "final_step": record["step"]}
 
 
 def raw_pixel_baseline(dataset: str, data_dir: str) -> dict[str, float]:
@@ -170,7 +176,8 @@ def _mean_sd(values: list[float]) -> str:
 
 
 def columns(severity: bool) -> list[tuple[str, str]]:
-    cols = [("R@1 (sel.)", "recall@1"), ("R@1 (final)", "final_recall@1"), ("MAP@R", "map@r")]
+    cols = [("val R@1 (sel.)", "val_recall@1"), ("R@1 (sel.)", "recall@1"), ("R@1 (final)", "final_recall@1"),
+            ("MAP@R", "map@r")]
     cols += [(f"R-AUROC {s}", f"r_auroc/{s}") for s in SCORES]
     cols += [("R@1 rej. 20%", "recall@1/reject20")]
     if severity:
@@ -206,7 +213,7 @@ def plot(results: dict[str, dict[int, dict]], path: str, title: str) -> None:
 
     styles = {"model": "-", "nn_similarity": "--", "norm": ":"}
     fractions = [0, 10, 20, 50]
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, ax = plt.subplots(figsize=(10.5, 5.0))
     colours = plt.get_cmap("tab10")
     for i, (method, by_seed) in enumerate(results.items()):
         runs = list(by_seed.values())
@@ -219,12 +226,14 @@ def plot(results: dict[str, dict[int, dict]], path: str, title: str) -> None:
                     label=f"{method} / {score}")
     ax.set_xlabel("rejected test queries, most uncertain first (%)")
     ax.set_ylabel("recall@1 of the kept queries")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="best")
-    fig.text(0.01, 0.005, "A useful uncertainty rises with rejection; solid = model's own score, dashed = "
-             "1 - nearest-neighbour similarity, dotted = -norm.", fontsize=7)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="method / uncertainty score",
+              title_fontsize=7)
+    fig.text(0.01, 0.01, "A useful uncertainty makes the curve rise. Solid: the model's own score (IDML ||u||^2, "
+             "EL-nivMF -||e||, the same as dotted for EL-nivMF); dashed: low nearest-neighbour similarity; "
+             "dotted: low embedding norm.", fontsize=7)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     fig.savefig(path, dpi=130)
     plt.close(fig)
 
@@ -243,15 +252,23 @@ def main() -> None:
     parser.add_argument("--no_baseline", action="store_true", help="skip the raw-pixel baseline")
     parser.add_argument("--json", default="", help="also write every run's metrics to this file")
     parser.add_argument("--plot", default="", help="write the rejection-curve PNG here")
+    parser.add_argument("--no_train", action="store_true",
+                        help="only report the finished runs found in --workdir (missing seeds are left out)")
     args = parser.parse_args()
+    if args.no_train and not args.workdir:
+        parser.error("--no_train needs --workdir")
 
     root = args.workdir or tempfile.mkdtemp(prefix=f"{args.dataset}_methods_")
     os.makedirs(root, exist_ok=True)
     results: dict[str, dict[int, dict]] = {m: {} for m in args.methods}
     for seed in args.seeds:  # seed-major: every method has a result early
         for method in args.methods:
+            done = os.path.join(root, f"{method}_{seed}", "benchmark_result.json")
+            if args.no_train and not os.path.exists(done):
+                continue
             results[method][seed] = run(args.dataset, method, seed, args.steps, args.batch_size, args.evals,
                                         args.data_dir, root)
+    results = {m: by for m, by in results.items() if by}
 
     baseline = None
     if not args.no_baseline:
@@ -265,20 +282,19 @@ def main() -> None:
                 json.dump(baseline, f, indent=1)
     config = method_config(args.dataset, args.methods[0], args.steps, args.batch_size)
     steps = f"{config.num_steps} steps of batch {config.data.batch_size}"
-    first = next(iter(next(iter(results.values())).values()))
-    where = ("test metrics at the val-selected step (R@1 final: the last step)" if first["reported_step"] !=
-             first["final_step"] or args.dataset != "digits" else "test metrics at the final step")
+    where = ("test metrics at the final step" if args.dataset == "digits" else
+             "test metrics at the val-selected step (R@1 final: at the last step)")
     severity = any("spearman_severity/nn_similarity" in r for by in results.values() for r in by.values())
     print()
-    print(f"{args.dataset}: unseen test classes, {steps}, {where}; mean ± std over seeds "
-          f"{' '.join(map(str, args.seeds))}")
+    print(f"{args.dataset}: unseen test classes, {steps}, {where}; mean ± std over the seeds of each row")
     print(table(results, baseline, severity))
-    for method in args.methods:
-        print(f"{method}: recall@1 per seed " + " ".join(f"{results[method][s]['recall@1']:.4f}" for s in args.seeds)
-              + "; reported steps " + " ".join(str(results[method][s]["reported_step"]) for s in args.seeds))
+    for method, by_seed in results.items():
+        print(f"{method}: seeds {' '.join(map(str, by_seed))}; recall@1 "
+              + " ".join(f"{r['recall@1']:.4f}" for r in by_seed.values())
+              + "; val-selected steps " + " ".join(str(r["reported_step"]) for r in by_seed.values()))
     if args.plot:
-        plot(results, args.plot, f"{args.dataset}, {steps}, test classes, val-selected step, "
-                                 f"mean of seeds {' '.join(map(str, args.seeds))}")
+        plot(results, args.plot, f"{args.dataset}, {steps}: recall@1 on the unseen test classes after rejecting "
+                                 f"the most uncertain queries\n({where.split(' (')[0]}, mean over each row's seeds)")
         print(f"wrote {args.plot}")
     if args.json:
         with open(args.json, "w") as f:

@@ -67,7 +67,8 @@ class EmbeddingNet(nn.Module):
         scaled by `init_norm_multiplier`, never normalised).
       normalize_embedding: L2-normalise the semantic embedding (ignored by 'vmf').
       uncertainty_dim: size of the uncertainty embedding; 0 = no uncertainty head.
-      uncertainty_l2_normalize, uncertainty_activation ('none' | 'relu'): the uncertainty head's options.
+      uncertainty_l2_normalize, uncertainty_activation ('none' | 'relu'), uncertainty_init_scale (its kernel's
+        initialisation relative to PyTorch's): the uncertainty head's options.
       widths, hidden: SmallConvNet's options; widths, blocks_per_stage, groups, pooling: SmallResNet's.
         (SmallResNet also 'flatten'), pooling ('avg' | 'max' | 'avg+max'), frozen_bn_stats, frozen_bn_affine: the ResNets' options.
       dtype: compute dtype of the backbone and the heads ('float32', 'bfloat16', 'float16'; None: that of
@@ -81,6 +82,7 @@ class EmbeddingNet(nn.Module):
     uncertainty_dim: int = 0
     uncertainty_l2_normalize: bool = False
     uncertainty_activation: str = "none"
+    uncertainty_init_scale: float = 1.0
     init_norm_multiplier: float = 1.0
     widths: Sequence[int] = (32, 64, 128)
     hidden: int = 256
@@ -135,6 +137,7 @@ class EmbeddingNet(nn.Module):
                 l2_normalize=self.uncertainty_l2_normalize,
                 activation=self.uncertainty_activation,
                 dtype=dtype,
+                init_scale=self.uncertainty_init_scale,
                 name="uncertainty",
             )(h)
         return out

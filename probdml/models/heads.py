@@ -116,13 +116,15 @@ class SemanticHead(nn.Module):
 class UncertaintyHead(nn.Module):
     """Uncertainty embedding u = act(W h + b), optionally u / sqrt(||u||^2 + eps).
 
-    PyTorch `nn.Linear` default init; `activation` is "none" (IDML retrieval code) or
-    "relu" (IDML classification code).
+    PyTorch `nn.Linear` default init, the kernel scaled by `init_scale` (1 = PyTorch's; at
+    init E||u||^2 ~ init_scale^2 E||h||^2 features / (3 fan_in)); `activation` is "none" (IDML
+    retrieval code) or "relu" (IDML classification code).
     """
 
     features: int = 512
     l2_normalize: bool = True
     activation: str = "none"
+    init_scale: float = 1.0
     eps: float = 1e-12
     dtype: Any = None
     param_dtype: Any = jnp.float32
@@ -131,7 +133,8 @@ class UncertaintyHead(nn.Module):
     def __call__(self, h: Array) -> Array:
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
-        u = TorchDense(self.features, dtype=self.dtype, param_dtype=self.param_dtype, name="dense")(h)
+        u = TorchDense(self.features, kernel_scale=self.init_scale, dtype=self.dtype, param_dtype=self.param_dtype,
+                       name="dense")(h)
         u = u.astype(jnp.promote_types(u.dtype, jnp.float32))
         if self.activation == "relu":
             u = nn.relu(u)
