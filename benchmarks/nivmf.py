@@ -139,8 +139,8 @@ def main() -> None:
         return losses.proxy_nca_pp(s, labels, temperature=1.0)
 
     # Same values first: probdml's compat logits and the PyTorch rows on the same samples.
-    x = similarity.l2_normalize(similarity.official_vmf_sample(
-        key, similarity.l2_normalize(emb), jnp.linalg.norm(emb, axis=-1), n))
+    x = jax.jit(lambda k, e: similarity.l2_normalize(similarity.official_vmf_sample(  # arguments, not constants:
+        k, similarity.l2_normalize(e), jnp.linalg.norm(e, axis=-1), n)))(key, emb)  # no constant folding
     ours_value, ours_grads = jax.value_and_grad(
         lambda v, k: losses.proxy_nca_pp(similarity.el_nivmf_monte_carlo(
             x, similarity.l2_normalize(v), k, temperature=t, normalizer="reference_quadratic"), labels, temperature=1.0),
