@@ -3,7 +3,7 @@
 `build_objective(loss_cfg, num_classes, embed_dim)` returns an `Objective`:
 - `init(key)` -> learnable loss parameters (a dict whose top-level keys are optimizer groups:
   'proxies' (class proxies / weights / centres), 'proxy_kappa' (vMF proxy concentrations),
-  'temperature' (log T), 'loss_params' (e.g. the margin loss's beta); the optimizer's `lr_mults` refer
+  'temperature' (log T, or T with temperature_param='raw'), 'loss_params' (e.g. the margin loss's beta); the optimizer's `lr_mults` refer
   to these names); {} for losses without parameters;
 - `apply(params, outputs, labels, key)` -> (scalar loss, dict of scalar aux metrics), where
   `outputs` is the model's output dict ('embedding' [B, D], optionally 'uncertainty' [B, Du]).
@@ -71,6 +71,7 @@ LOSS_DEFAULTS: dict[str, dict] = {
     "proxy_nca_pp": {
         "temperature": 1.0 / 9.0,
         "learn_temperature": False,
+        "temperature_param": "log",
         "subsample": 1.0,
         "guidance_weight": 0.0,
         "guidance_alpha": 32.0,
@@ -130,6 +131,9 @@ PROXY_KAPPA_DEFAULTS = {"proxy_concentration": 10.0, "kappa_param": "softplus", 
 # embedding of its class) before training (the EL-nivMF reference's warm start, docs/methods/nivmf.md#training-protocol).
 PROXY_COMMON_DEFAULTS = {"warm_start": False}
 KAPPA_PARAMS = ("softplus", "clamp")
+# A learned ProxyNCA++ temperature is stored as log T ('log', positive by construction) or as T itself
+# ('raw': the official EL-nivMF code's Adam step on T, which can cross 0).
+TEMPERATURE_PARAMS = ("log", "raw")
 GUIDANCE_POSITIVES = ("columns", "proxies")
 
 MINERS = ("semihard", "hard", "all", "batch_hard", "distance_weighted", "multi_similarity")
@@ -198,6 +202,13 @@ def proxy_concentrations(loss_cfg: ml_collections.ConfigDict, params: dict) -> A
     return _kappa(params["proxy_kappa"], opts["kappa_param"], float(opts["kappa_min"]))
 
 
+def learned_temperature(loss_cfg: ml_collections.ConfigDict, params: dict) -> Array:
+    """The ProxyNCA++ temperature T of loss `params` with a learned 'temperature': exp(param) for
+    temperature_param 'log' (the default), the parameter itself for 'raw' (the official code)."""
+    raw = params["temperature"]
+    return raw if loss_cfg.get("temperature_param", "log") == "raw" else jnp.exp(raw)
+
+
 def _proxy_objective(cfg: ml_collections.ConfigDict, num_classes: int, embed_dim: int) -> Objective:
     name = cfg.name
     hp = _options(cfg, LOSS_DEFAULTS[name])
@@ -216,6 +227,8 @@ def _proxy_objective(cfg: ml_collections.ConfigDict, num_classes: int, embed_dim
         raise unknown_choice("kappa_param", kappa_opts["kappa_param"], KAPPA_PARAMS)
     _check_bounded(name, sim_name)
     k_per_class = int(hp[MULTI_CENTER[name]]) if name in MULTI_CENTER else 1
+    if name == "proxy_nca_pp" and hp["temperature_param"] not in TEMPERATURE_PARAMS:
+        raise unknown_choice("temperature_param", hp["temperature_param"], TEMPERATURE_PARAMS)
     if name == "proxy_nca_pp" and hp["guidance_positives"] not in GUIDANCE_POSITIVES:
         raise unknown_choice("guidance_positives", hp["guidance_positives"], GUIDANCE_POSITIVES)
     if name == "proxy_nca_pp" and not 0 < hp["subsample"] <= 1:
@@ -242,7 +255,8 @@ def _proxy_objective(cfg: ml_collections.ConfigDict, num_classes: int, embed_dim
             shape = (proxies.shape[0],) if kappa_kind == "scalar" else proxies.shape
             params["proxy_kappa"] = jnp.full(shape, raw, proxies.dtype)
         if name == "proxy_nca_pp" and hp["learn_temperature"]:
-            params["temperature"] = jnp.asarray(math.log(hp["temperature"]), proxies.dtype)
+            t0 = hp["temperature"] if hp["temperature_param"] == "raw" else math.log(hp["temperature"])
+            params["temperature"] = jnp.asarray(t0, proxies.dtype)
         return params
 
     def apply(params: dict, outputs: dict, labels: Array, key: Array) -> tuple[Array, dict]:
@@ -253,7 +267,7 @@ def _proxy_objective(cfg: ml_collections.ConfigDict, num_classes: int, embed_dim
         aux = {}
         k_sim, k_sub = jax.random.split(key)
         if name == "proxy_nca_pp":
-            t = jnp.exp(params["temperature"]) if hp["learn_temperature"] else hp["temperature"]
+            t = learned_temperature(cfg, params) if hp["learn_temperature"] else hp["temperature"]
             aux["temperature"] = jnp.asarray(t)
             sim = sim_fn(outputs, proxy_bundle, key=k_sim, temperature=t).similarity
             class_mask = None

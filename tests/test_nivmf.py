@@ -253,9 +253,10 @@ def test_compat_preset_and_bad_options():
     compat_fn = similarity.get_similarity("el_nivmf", compat=True)
     compat = jax.jit(lambda e_, k: compat_fn({"embedding": e_}, proxy, key=k, temperature=0.5).similarity)(
         e, jax.random.key(0))
-    # the official estimator: 5 samples, quadratic log C_p fit (p != 128 -> the 512 fit) on a_c, T inside
-    x = jax.jit(lambda e_, k: similarity.vmf_samples(k, similarity.l2_normalize(e_), jnp.linalg.norm(e_, axis=-1),
-                                                     5, "proposal"))(e, jax.random.key(0))
+    # the official estimator: 5 samples of the official sampler (evaluated at x/|x|, the official cosine),
+    # quadratic log C_p fit (p != 128 -> the 512 fit) on a_c, T inside
+    x = jax.jit(lambda e_, k: similarity.l2_normalize(similarity.official_vmf_sample(
+        k, similarity.l2_normalize(e_), jnp.linalg.norm(e_, axis=-1), 5)))(e, jax.random.key(0))
     w = 5.0 * np.array([1.0, 0, 0, 0])
     a = 868 - 0.0002662 * 5.0 - 0.0009685 * 25.0 + 4 * math.log(5.0) - math.log(5.0)
     want = scipy.special.logsumexp((a + np.asarray(x)[:, 0] @ w) / 0.5) - math.log(5)

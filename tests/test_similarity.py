@@ -161,7 +161,9 @@ def test_ism_compat_preset_reproduces_official_code():
     proxies = rng.normal(size=(3, 8)) * math.sqrt(2 / 3)
     with jax.enable_x64(True):
         fn = similarity.get_similarity("introspective", compat=True)
-        out = fn({"embedding": jnp.asarray(x), "uncertainty": jnp.asarray(v)}, {"embedding": jnp.asarray(proxies)})
+        # the official --l2-norm 1 normalises x and u in the model (probdml: the embedding model's heads)
+        unit = {"embedding": similarity.l2_normalize(jnp.asarray(x)), "uncertainty": similarity.l2_normalize(jnp.asarray(v))}
+        out = fn(unit, {"embedding": jnp.asarray(proxies)})
         # the official model normalises with sqrt(|y|^2 + 1e-12), probdml with max(|y|, 1e-12): 1e-12 apart
         np.testing.assert_allclose(out.similarity, _official_idml_similarity(x, v, proxies), rtol=1e-10)
 

@@ -329,8 +329,8 @@ def analyze(workdir: str, out_dir: str, *, num_samples: int = 512, num_shown: in
     train_labels = train_ds.contiguous_labels()[pick]
     loss_params = jax.device_get(state.params["loss"])
     kappas = objective.proxy_concentrations(config.loss, loss_params)
-    temperature = float(np.exp(loss_params["temperature"])) if "temperature" in loss_params else float(
-        config.loss.temperature)
+    temperature = float(objective.learned_temperature(config.loss, loss_params)) if "temperature" in loss_params \
+        else float(config.loss.temperature)
     with jax.enable_x64(True):
         proxies = jnp.asarray(loss_params["proxies"], jnp.float64)
         kappas64 = jnp.asarray(kappas, jnp.float64)

@@ -6,6 +6,7 @@ Modules, one family each (lower ones never import higher ones):
     idml                 IDML's introspective metric (docs/methods/idml.md)
     vmf                  kernels between isotropic vMFs: PPK / EL / Bhattacharyya, KL, log-likelihood
     nivmf                nivMF proxy log densities and their PPK / KL kernels, closed form and Monte Carlo
+    official             the official EL-nivMF code's vMF sampler (biased; used by the el_nivmf compat mode)
     expected_likelihood  EL-nivMF, closed form and Monte Carlo, and its compat preset (docs/methods/nivmf.md)
     bundles              bundle conventions and the bundle-level kernels of the registry
     registry             get_similarity, SIMILARITIES (one declarative row per name), option validation
@@ -71,9 +72,17 @@ from probdml.similarity.nivmf import (
     nivmf_ppk_monte_carlo,
     vmf_samples,
 )
+from probdml.similarity.official import (
+    official_accepts,
+    official_vmf_cosines,
+    official_vmf_sample,
+    official_wood_parameters,
+)
 from probdml.similarity.expected_likelihood import (
     EL_ESTIMATORS,
     EL_NIVMF_COMPAT_PRESET,
+    PROXY_CONSTANTS,
+    SAMPLERS,
     TEMPERATURE_PLACEMENTS,
     el_nivmf,
     el_nivmf_closed_form,
@@ -107,6 +116,7 @@ __all__ = [
     "introspective_distance", "introspective_terms", "ism_decay", "l2_normalize", "log_normalizer",
     "natural_parameter", "neg_sq_euclidean", "nivmf_natural_parameters", "nivmf_neg_kl",
     "nivmf_neg_kl_monte_carlo", "nivmf_pairwise_log_prob", "nivmf_parameters", "nivmf_ppk",
-    "nivmf_ppk_monte_carlo", "ppk", "resolve_options", "safe_sqrt", "similarity_options", "sq_euclidean",
+    "nivmf_ppk_monte_carlo", "official_accepts", "official_vmf_cosines", "official_vmf_sample",
+    "official_wood_parameters", "PROXY_CONSTANTS", "SAMPLERS", "ppk", "resolve_options", "safe_sqrt", "similarity_options", "sq_euclidean",
     "vmf_kl", "vmf_loglik", "vmf_parameters", "vmf_samples",
 ]

@@ -147,12 +147,13 @@ def loglik_nivmf_pair(a: Bundle, b: Bundle, *, form: str, normalizer: str) -> Pa
 
 def el_nivmf_pair(a: Bundle, b: Bundle, *, key: Array | None, temperature: float | Array | None, form: str,
                   estimator: str, num_samples: int, temperature_placement: str, normalizer: str,
-                  kappa_gradient: str) -> Pairwise:
+                  kappa_gradient: str, sampler: str, proxy_constant: str) -> Pairwise:
     """EL-nivMF log E_{x ~ vMF_i}[nivMF_j(x)^(1/T')] (probdml.similarity.expected_likelihood)."""
     return _log_kernel(el_nivmf(
         *vmf_parameters(a), *nivmf_parameters(b), form=form, estimator=estimator, num_samples=int(num_samples),
         temperature=1.0 if temperature is None else temperature, temperature_placement=temperature_placement,
-        normalizer=normalizer, key=key, kappa_gradient=kappa_gradient))
+        normalizer=normalizer, key=key, kappa_gradient=kappa_gradient, sampler=sampler,
+        proxy_constant=proxy_constant))
 
 
 def ppk_nivmf_pair(a: Bundle, b: Bundle, *, key: Array | None, rho: float, form: str, estimator: str,

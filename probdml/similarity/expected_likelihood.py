@@ -22,33 +22,44 @@ import jax
 import jax.numpy as jnp
 
 from probdml import distributions
-from probdml.similarity.basic import safe_sqrt
+from probdml.similarity.basic import l2_normalize, safe_sqrt
 from probdml.similarity.nivmf import nivmf_constants, nivmf_pairwise_log_prob
-from probdml.similarity.vmf import log_normalizer
+from probdml.similarity.official import official_vmf_sample
+from probdml.similarity.vmf import NORMALIZERS, log_normalizer
 
 Array = jax.Array
 
 EL_ESTIMATORS = ("closed_form", "monte_carlo")
 TEMPERATURE_PLACEMENTS = ("outside", "inside")
+SAMPLERS = ("exact", "official")
+PROXY_CONSTANTS = NORMALIZERS
 
-# The official EL-nivMF computation: 5-sample Monte Carlo of the reference_linear proxy with the
-# temperature inside, the quadratic log C_p fit and the sampler's proposal kappa-gradient.
+# The official EL-nivMF estimator (criteria/proxyvmf_panc.py): 5 samples of the official sampler
+# (probdml.similarity.official), the reference_linear proxy evaluated at x/|x| with the quadratic log C_p
+# fit in its constant, the temperature inside the log-mean-exp. Its loss distribution is the official
+# one; its mean is NOT the exact expected likelihood (the sampler is biased for kappa > 10).
 EL_NIVMF_COMPAT_PRESET = {
     "form": "reference_linear",
     "estimator": "monte_carlo",
     "num_samples": 5,
     "temperature_placement": "inside",
     "normalizer": "reference_quadratic",
+    "sampler": "official",
     "kappa_gradient": "proposal",
 }
 
 
 def el_nivmf_closed_form(mu_a: Array, kappa_a: Array, mu_b: Array, kappas_b: Array, *,
-                         temperature: float | Array = 1.0, normalizer: str = "exact") -> Array:
+                         temperature: float | Array = 1.0, proxy_constant: str = "exact") -> Array:
     """log E_{x ~ vMF(mu_a_i, ka_i)}[exp(l_j(x) / T)] for reference_linear proxies, exactly:
-    a_j / T + log C_p(ka_i) - log C_p(|ka_i mu_a_i + w_j / T|)  [N, M], nats."""
-    w, w_norm, const = nivmf_constants(mu_b, kappas_b, normalizer)
-    log_c = log_normalizer(normalizer)
+    a_j / T + log C_p(ka_i) - log C_p(|ka_i mu_a_i + w_j / T|)  [N, M], nats.
+
+    The expectation always uses the exact log C_p; `proxy_constant` picks the normaliser inside the
+    proxy's constant a_j = log C_p(|w_j|) + log det K_j - log|w_j|: 'exact' (the exact expected
+    likelihood) or 'reference_quadratic' (the official code's per-class constant: the limit of the official
+    logit for an exact sampler and infinitely many samples)."""
+    w, w_norm, const = nivmf_constants(mu_b, kappas_b, proxy_constant)
+    log_c = log_normalizer("exact")
     p = mu_a.shape[-1]
     shift = w / temperature
     ka = kappa_a[:, None]
@@ -78,15 +89,20 @@ def el_nivmf(
     normalizer: str = "exact",
     key: Array | None = None,
     kappa_gradient: str = "implicit",
+    sampler: str = "exact",
+    proxy_constant: str = "exact",
 ) -> Array:
     """Expected likelihood of nivMF proxies under image vMFs, log E_{x ~ vMF(mu_a_i, ka_i)}[nivMF_j(x)^(1/T')]
     [N, M], with T' = T for `temperature_placement='inside'` (the official code's logit, which estimates
     log E[niv^(1/T)], not (1/T) log E[niv]) and T' = 1 for 'outside' (the loss then divides by T).
 
-    closed_form (form 'reference_linear' only, whose exponent is linear in x): `el_nivmf_closed_form`.
-    monte_carlo: `el_nivmf_monte_carlo` over n reparameterised samples x_s ~ vMF(mu_a, ka)
-    (probdml.distributions.vmf_sample, shared by all proxies); Jensen-biased low for small n.
-    `kappa_gradient`: the sampler's concentration gradient ('implicit', exact; 'proposal', the official).
+    closed_form (form 'reference_linear' only, whose exponent is linear in x): `el_nivmf_closed_form`
+    with the exact log C_p in the expectation (`normalizer` must be 'exact') and `proxy_constant` in a_j.
+    monte_carlo: `el_nivmf_monte_carlo` (`normalizer` in the proxy density) over n samples shared by all
+    proxies, from `sampler` 'exact' (probdml.distributions.vmf_sample, reparameterised; `kappa_gradient`
+    'implicit' exact or 'proposal') or 'official' (probdml.similarity.official: the official sampler,
+    biased for kappa > 10, its kappa-gradient through b; the proxy density evaluated at x/|x| as the
+    official cosine does). Jensen-biased low for small n.
     """
     if estimator not in EL_ESTIMATORS:
         raise ValueError(f"estimator must be one of {EL_ESTIMATORS}, got {estimator!r}")
@@ -98,8 +114,14 @@ def el_nivmf(
         if form != "reference_linear":
             raise ValueError(f"the closed form exists only for form='reference_linear', not {form!r}; "
                              "use estimator='monte_carlo'")
-        return el_nivmf_closed_form(mu_a, kappa_a, mu_b, kappas_b, temperature=t, normalizer=normalizer)
+        if normalizer != "exact":
+            raise ValueError(f"the closed form needs normalizer='exact', not {normalizer!r}; for the official "
+                             "per-class constant set proxy_constant='reference_quadratic'")
+        return el_nivmf_closed_form(mu_a, kappa_a, mu_b, kappas_b, temperature=t, proxy_constant=proxy_constant)
     if key is None:
         raise ValueError("el_nivmf with estimator='monte_carlo' needs a PRNG key")
-    x = distributions.vmf_sample(key, mu_a, kappa_a, (num_samples,), kappa_gradient=kappa_gradient)  # [n, N, D]
+    if sampler == "official":
+        x = l2_normalize(official_vmf_sample(key, mu_a, kappa_a, num_samples))
+    else:
+        x = distributions.vmf_sample(key, mu_a, kappa_a, (num_samples,), kappa_gradient=kappa_gradient)
     return el_nivmf_monte_carlo(x, mu_b, kappas_b, form=form, temperature=t, normalizer=normalizer)

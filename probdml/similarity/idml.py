@@ -12,7 +12,10 @@ distance c = 1 - cos(x_i, y_j):
                         Euclidean alpha), so s_IN = cos at zero uncertainty.
 
 alpha' (the distance in the exponent) is alpha itself except in the official code's
-`compat_raw_proxy` mode, where it is |x^ - y|^2 with the proxy y left unnormalised.
+`compat_raw_proxy` mode, where it is |x - y|^2 = |x|^2 + |y|^2 - 2 x.y on the embedding x and the proxy y
+exactly as given (neither normalised): equal to |x^ - y|^2 for unit x, and with the official gradient,
+radial part included, for any x. The official code L2-normalises x and u in the model when run with
+`--l2-norm 1` (probdml: model.normalize_embedding, model.uncertainty_l2_normalize), not in the metric.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from probdml.similarity.basic import EPS, Pairwise, cosine, l2_normalize, safe_sqrt, sq_euclidean
+from probdml.similarity.basic import EPS, Pairwise, cosine, safe_sqrt, sq_euclidean
 
 Array = jax.Array
 
@@ -30,9 +33,10 @@ ALPHA_MODES = ("cos", "sqeuclid_norm", "euclid_norm", "compat_raw_proxy")
 BETA_FORMS = ("sumvec", "sum", "diff")
 ISM_FORMS = ("relative", "absolute")
 
-# The official IDML retrieval code's configuration: u / sqrt(|u|^2 + 1e-12), beta + 4, the raw-proxy
-# exponent and tau = 5 (docs/methods/idml.md, "compatibility preset").
-ISM_COMPAT_PRESET = {"uncertainty_l2norm": True, "beta_offset": 4.0, "alpha_mode": "compat_raw_proxy", "tau": 5.0}
+# The official IDML metric (losses.py Proxy_Anchor): beta + 4, the raw exponent |x - y|^2 and tau = 5, on
+# the x and u the model outputs; the official --l2-norm 1 normalises both in the model, so a compat run
+# sets model.normalize_embedding and model.uncertainty_l2_normalize (docs/methods/idml.md, "compat").
+ISM_COMPAT_PRESET = {"uncertainty_l2norm": False, "beta_offset": 4.0, "alpha_mode": "compat_raw_proxy", "tau": 5.0}
 
 
 def ism_decay(
@@ -135,7 +139,7 @@ def introspective_terms(
         alpha = exponent = safe_sqrt(2.0 * c)
     else:
         alpha = c
-        exponent = sq_euclidean(l2_normalize(x), y)
+        exponent = sq_euclidean(x, y)
     return ISMTerms(c, alpha, exponent, beta)
 
 
@@ -164,7 +168,7 @@ def introspective(
     cos               c                            alpha                   1 - c e^{-r}
     sqeuclid_norm     2c = ||x^ - y^||^2           alpha                   1 - c e^{-r}
     euclid_norm       sqrt(2c) = ||x^ - y^||       alpha                   1 - c e^{-2r}
-    compat_raw_proxy  c                            ||x^ - y||^2 (raw y)    1 - c e^{-r}
+    compat_raw_proxy  c                            ||x - y||^2 (raw x, y)  1 - c e^{-r}
     ================  ===========================  ======================  ============================
 
     D_IN = alpha e^{-r}, r = beta / (tau alpha') (relative) or beta / tau (absolute); s_IN is the cosine

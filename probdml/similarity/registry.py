@@ -42,6 +42,8 @@ from probdml.similarity.idml import ALPHA_MODES, BETA_FORMS, ISM_COMPAT_PRESET, 
 from probdml.similarity.expected_likelihood import (
     EL_ESTIMATORS,
     EL_NIVMF_COMPAT_PRESET,
+    PROXY_CONSTANTS,
+    SAMPLERS,
     TEMPERATURE_PLACEMENTS,
 )
 from probdml.similarity.nivmf import KAPPA_GRADIENTS, NIVMF_FORMS
@@ -89,6 +91,21 @@ def _closed_form_needs_linear(o: Mapping[str, Any]) -> bool:
 _LINEAR_ONLY = Conflict("estimator", "form", _closed_form_needs_linear,
                         "the closed form exists only for form='reference_linear'; set estimator='monte_carlo'")
 
+# EL-nivMF: which option pairs say two different things (docs/methods/nivmf.md, "modes").
+_EL_CONFLICTS = (
+    _LINEAR_ONLY,
+    Conflict("estimator", "normalizer", lambda o: o["estimator"] == "closed_form" and o["normalizer"] != "exact",
+             "the closed form's expectation needs the exact log C_p; for the official per-class constant "
+             "use proxy_constant='reference_quadratic'"),
+    Conflict("estimator", "proxy_constant",
+             lambda o: o["estimator"] == "monte_carlo" and o["proxy_constant"] != "exact",
+             "Monte Carlo takes the proxy constant from normalizer; set normalizer instead"),
+    Conflict("estimator", "sampler", lambda o: o["estimator"] == "closed_form" and o["sampler"] != "exact",
+             "the closed form draws no samples"),
+    Conflict("sampler", "kappa_gradient", lambda o: o["sampler"] == "official" and o["kappa_gradient"] != "proposal",
+             "the official sampler's kappa-gradient is its proposal path through b; set kappa_gradient='proposal'"),
+)
+
 _NORMALIZER = {"normalizer": NORMALIZERS}
 _SAMPLED = {"form": "reference_linear", "estimator": "closed_form", "num_samples": 20, "normalizer": "exact",
             "kappa_gradient": "implicit"}
@@ -116,9 +133,11 @@ SIMILARITIES: dict[str, Spec] = {
     "loglik_nivmf": Spec(bundles.loglik_nivmf_pair, {"form": "exact", "normalizer": "exact"},
                          choices={"form": NIVMF_FORMS, "normalizer": NORMALIZERS}, concentration="vector"),
     "el_nivmf": Spec(
-        bundles.el_nivmf_pair, {**_SAMPLED, "temperature_placement": "outside", "compat": False},
-        choices={**_SAMPLED_CHOICES, "temperature_placement": TEMPERATURE_PLACEMENTS},
-        positive=("num_samples",), conflicts=(_LINEAR_ONLY,), compat=EL_NIVMF_COMPAT_PRESET,
+        bundles.el_nivmf_pair, {**_SAMPLED, "temperature_placement": "outside", "sampler": "exact",
+                                "proxy_constant": "exact", "compat": False},
+        choices={**_SAMPLED_CHOICES, "temperature_placement": TEMPERATURE_PLACEMENTS, "sampler": SAMPLERS,
+                 "proxy_constant": PROXY_CONSTANTS},
+        positive=("num_samples",), conflicts=_EL_CONFLICTS, compat=EL_NIVMF_COMPAT_PRESET,
         concentration="vector", temperature="temperature_placement"),
     "l2_vmf": Spec(bundles.l2_pair, {"normalize": False}, concentration="scalar"),
     "ppk_nivmf": Spec(bundles.ppk_nivmf_pair, {"rho": 0.5, **_SAMPLED}, choices=_SAMPLED_CHOICES,
