@@ -287,7 +287,7 @@ def test_dynamic_soft_margin_matches_pml_over_two_steps():
         cdf = torch.cumsum(torch.tensor(np.asarray(new_hist)), 0)
         idx = torch.floor((data.detach() + 2.0) / 0.4).long()
         (cdf[idx] * data).mean().backward()
-        grad = jax.grad(lambda e_: fn(e_, hist)[0])(jnp.asarray(emb))
+        grad = jax.grad(lambda e_, h=hist: fn(e_, h)[0])(jnp.asarray(emb))
         _close(grad, e2.grad.numpy(), rtol=1e-4)
         assert hist_before.sum() == 0 or not np.allclose(hist_before.numpy(), new_hist)
         hist = new_hist

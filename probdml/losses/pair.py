@@ -13,7 +13,6 @@ from probdml import mining
 from probdml.losses._common import (
     _shape,
     check_labels,
-    check_mask,
     check_matrix,
     check_pair_inputs,
     cross_entropy,
