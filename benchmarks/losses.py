@@ -4,12 +4,16 @@ same inputs, in the same process.
     python benchmarks/losses.py [--batch 128] [--classes 100] [--dim 512] [--per-class 4] [--repeats 20]
                                 [--threads N]
 
-Each row: the minimum wall time over interleaved repeats of one loss value and its gradient w.r.t. the embeddings (and the proxies),
-probdml's call being a compiled `jax.jit(jax.value_and_grad(...))` (compilation excluded, timed after a
-warm-up), and the ratio pml / probdml (> 1: probdml faster). Miners run inside the timed call on both
-sides. Rows without a pytorch-metric-learning counterpart show probdml alone. Both libraries use their
-default CPU threading, or N threads each with --threads N (XLA's CPU flags and torch.set_num_threads;
---threads 1 gives the steadiest ratios on a busy machine); the settings are printed.
+Each row: the minimum wall time over interleaved repeats of one loss value and its gradient w.r.t. the
+embeddings (and the proxies), probdml's call being a compiled `jax.jit(jax.value_and_grad(...))`
+(compilation excluded, timed after a warm-up), and the ratio pml / probdml (> 1: probdml faster). Before
+timing, each row checks that both libraries give the same loss value (relative 1e-4; rows with a sampling
+miner are marked 'sampled' and not compared); a row whose values differ prints MISMATCH and is not timed.
+Miners run inside the timed call on both sides. Rows without a pytorch-metric-learning counterpart show
+probdml alone. Both libraries use their default CPU threading, or N CPUs with --threads N: the process is
+pinned to N CPUs (os.sched_setaffinity, before jax starts; XLA sizes its CPU thread pools from the CPUs it
+may run on, and with N = 1 also runs Eigen single-threaded) and torch.set_num_threads(N); --threads 1
+gives the steadiest ratios on a busy machine. The settings are printed.
 """
 
 from __future__ import annotations
@@ -32,8 +36,9 @@ def _threads_from_argv() -> int | None:
 
 _THREADS = _threads_from_argv()
 if _THREADS is not None:
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen="
-                               f"{'true' if _THREADS > 1 else 'false'} intra_op_parallelism_threads={_THREADS}")
+    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:_THREADS])
+    if _THREADS == 1:
+        os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -65,6 +70,7 @@ def _jax_timer(loss_fn, emb, *params):
     def run():
         jax.block_until_ready(grad_fn(emb, *params))
 
+    run.value = lambda: float(grad_fn(emb, *params)[0])
     return run
 
 
@@ -74,15 +80,15 @@ def _torch_timer(torch, loss, emb, labels, miner=None, params=()):
     e = torch.tensor(np.asarray(emb), requires_grad=True)
     y = torch.tensor(np.asarray(labels))
 
+    def forward():
+        return loss(e, y, miner(e, y)) if miner is not None else loss(e, y)
+
     def run():
         e.grad = None
         loss.zero_grad()
-        if miner is not None:
-            out = loss(e, y, miner(e, y))
-        else:
-            out = loss(e, y)
-        out.backward()
+        forward().backward()
 
+    run.value = lambda: float(forward().item())
     return run
 
 
@@ -156,6 +162,7 @@ def main() -> None:
          ("MultiSimilarityLoss", dict(alpha=2, beta=50, base=0.5), ("MultiSimilarityMiner", dict(epsilon=0.1)), [])),
         ("npair", _jax_timer(lambda e: losses.npair(similarity.cosine(e, e), labels), emb),
          ("NPairsLoss", {}, None, [])),
+        *_catalogue_rows(emb, labels, w, w_np, c, d),
         ("fast_ap", _jax_timer(lambda e: losses.fast_ap(chord(e) ** 2, labels), emb),
          ("FastAPLoss", dict(num_bins=10), None, [])),
         ("proxy_nca_pp", _jax_timer(lambda e, p: losses.proxy_nca_pp(similarity.cosine(e, p), labels), emb, proxies),
@@ -179,7 +186,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     print(f"batch {b}, {c} classes ({len(np.unique(labels_np))} in the batch), dim {d}; min of {args.repeats} "
           "interleaved runs")
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, cpu count {os.cpu_count()}, load average "
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, cpus usable {len(os.sched_getaffinity(0))} of "
+          f"{os.cpu_count()}, load average "
           f"{os.getloadavg()[0]:.1f}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}", end="")
     print(f"; torch {torch.__version__}, {torch.get_num_threads()} threads" if torch else "; torch not installed")
     print(f"{'loss':40s} {'probdml ms':>11s} {'pml ms':>9s} {'pml/probdml':>12s}")
@@ -191,8 +199,75 @@ def main() -> None:
         loss_name, loss_kw, miner_spec, params = ref
         loss = getattr(pml_losses, loss_name)(**loss_kw)
         miner = getattr(pml_miners, miner_spec[0])(**miner_spec[1]) if miner_spec else None
-        ours_ms, ref_ms = _min_ms([ours, _torch_timer(torch, loss, emb_np, labels_np, miner, params)], args.repeats)
-        print(f"{name:40s} {ours_ms:11.2f} {ref_ms:9.2f} {ref_ms / ours_ms:12.2f}")
+        theirs = _torch_timer(torch, loss, emb_np, labels_np, miner, params)
+        note = ""
+        if miner_spec is not None and miner_spec[0] in SAMPLING_MINERS:
+            note = "  sampled"
+        else:
+            ours_value, ref_value = ours.value(), theirs.value()
+            if not abs(ours_value - ref_value) <= 1e-4 * max(abs(ref_value), 1e-6):
+                print(f"{name:40s} MISMATCH: probdml {ours_value:.6g}, pml {ref_value:.6g} (not timed)")
+                continue
+        ours_ms, ref_ms = _min_ms([ours, theirs], args.repeats)
+        print(f"{name:40s} {ours_ms:11.2f} {ref_ms:9.2f} {ref_ms / ours_ms:12.2f}{note}")
+
+
+SAMPLING_MINERS = ("DistanceWeightedMiner",)
+
+
+def _catalogue_rows(emb, labels, w, w_np, c, d):
+    """The catalogue's losses with a pytorch-metric-learning counterpart, at its defaults, on its default
+    similarity (the cosine; the chord distance of normalised embeddings for distance losses)."""
+
+    def cos(e):
+        return similarity.cosine(e, e)
+
+    def chord(e):
+        return similarity.chord_distance(cos(e))
+
+    def batch(fn, pml_name, pml_kw=None, reads=cos):
+        return (fn.__name__, _jax_timer(lambda e: fn(reads(e), labels), emb), (pml_name, pml_kw or {}, None, []))
+
+    def by_w(fn, pml_name, cols=c, weights=None, extra=None):
+        weights_np = w_np if weights is None else weights
+        ours = _jax_timer(lambda e, w_: fn(similarity.cosine(e, w_), labels), emb, jnp.asarray(weights_np.T))
+        return (fn.__name__, ours, (pml_name, dict(num_classes=c, embedding_size=d, **(extra or {})), None,
+                                    [("W", weights_np)]))
+
+    k = 3
+    sub_w = np.random.default_rng(1).normal(size=(d, c * k)).astype(np.float32)
+    return [
+        batch(losses.circle, "CircleLoss"),
+        batch(losses.sup_con, "SupConLoss"),
+        batch(losses.nt_xent, "NTXentLoss"),
+        batch(losses.lifted_structure, "LiftedStructureLoss", reads=chord),
+        batch(losses.generalized_lifted_structure, "GeneralizedLiftedStructureLoss", reads=chord),
+        batch(losses.tuplet_margin, "TupletMarginLoss"),
+        batch(losses.intra_pair_variance, "IntraPairVarianceLoss"),
+        ("nca", _jax_timer(lambda e: losses.nca(cos(e), labels, scale=2.0), emb), ("NCALoss", {}, None, [])),
+        batch(losses.angular, "AngularLoss"),
+        batch(losses.instance, "InstanceLoss"),
+        batch(losses.pnp, "PNPLoss"),
+        batch(losses.histogram, "HistogramLoss"),
+        batch(losses.threshold_consistent_margin, "ThresholdConsistentMarginLoss"),
+        ("ranked_list", _jax_timer(lambda e: losses.ranked_list(chord(e), labels, margin=0.4, tn=10.0), emb),
+         ("RankedListLoss", dict(margin=0.4, Tn=10.0), None, [])),
+        ("signal_to_noise_ratio_contrastive", _jax_timer(
+            lambda e: losses.signal_to_noise_ratio_contrastive(losses.snr_distance(e), labels), emb),
+         ("SignalToNoiseRatioContrastiveLoss", {}, None, [])),
+        by_w(losses.cos_face, "CosFaceLoss"),
+        by_w(losses.sub_center_arc_face, "SubCenterArcFaceLoss", weights=sub_w, extra=dict(sub_centers=k)),
+        ("large_margin_softmax", _jax_timer(
+            lambda e, w_: losses.large_margin_softmax(
+                similarity.cosine(e, w_), labels,
+                magnitudes=jnp.linalg.norm(e, axis=1)[:, None] * jnp.linalg.norm(w_, axis=1)[None]),
+            emb, w),
+         ("LargeMarginSoftmaxLoss", dict(num_classes=c, embedding_size=d), None, [("W", w_np)])),
+        ("sphere_face", _jax_timer(
+            lambda e, w_: losses.sphere_face(similarity.cosine(e, w_), labels, embedding_norms=jnp.linalg.norm(e, axis=1)),
+            emb, w),
+         ("SphereFaceLoss", dict(num_classes=c, embedding_size=d), None, [("W", w_np)])),
+    ]
 
 
 def _ism_triplet(pair: similarity.Pairwise, labels):

@@ -186,3 +186,165 @@ def multi_similarity_pairs(
     hard_neg = neg & (sim + epsilon > min_pos)
     any_pairs = jnp.any(pos) & jnp.any(neg)
     return hard_pos & any_pairs, hard_neg & any_pairs
+
+
+def angular_mask(sim: Array, labels: Array, *, angle: float = 20.0, sample_mask: Array | None = None) -> Array:
+    """Triplets whose angle at the negative exceeds `angle` degrees (AngularMiner, Wang et al. 2017):
+
+    for unit embeddings with cosines s, the centre c = (x_a + x_p) / 2 and
+    tan(angle_apn) = |x_a - x_p| / (2 |x_n - c|), |x_a - x_p|^2 = 2 - 2 s_ap,
+    |x_n - c|^2 = 1 - s_an - s_pn + (1 + s_ap) / 2. `sim` is the cosine.
+    Difference: pytorch-metric-learning measures the raw (unnormalised) embeddings; the two agree on unit ones.
+    """
+    sim = jax.lax.stop_gradient(sim)
+    ap = jnp.sqrt(jnp.maximum(2.0 - 2.0 * sim, 0.0))  # [a, p]
+    nc_sq = 1.0 - sim[:, None, :] - sim[None, :, :] + (1.0 + sim[:, :, None]) / 2.0  # [a, p, n]
+    nc = jnp.sqrt(jnp.maximum(nc_sq, 0.0))
+    angles = jnp.arctan2(ap[:, :, None], 2.0 * nc)
+    return triplet_mask(labels, sample_mask) & (angles > jnp.radians(angle))
+
+
+def pair_margin_pairs(
+    dist: Array, labels: Array, *, pos_margin: float = 0.2, neg_margin: float = 0.8, sample_mask: Array | None = None
+) -> tuple[Array, Array]:
+    """Positive pairs farther than pos_margin and negative pairs nearer than neg_margin (PairMarginMiner)."""
+    dist = jax.lax.stop_gradient(dist)
+    pos, neg = pair_masks(labels, sample_mask)
+    return pos & (dist > pos_margin), neg & (dist < neg_margin)
+
+
+def _top_fraction(values: Array, mask: Array, fraction: float, largest: bool) -> Array:
+    """The ceil(fraction * n) entries of `values` under `mask` (n of them) with the largest (smallest) values."""
+    flat = jnp.where(mask, values if largest else -values, -jnp.inf).ravel()
+    order = jnp.argsort(-flat, stable=True)
+    rank = jnp.zeros(flat.shape, jnp.int32).at[order].set(jnp.arange(flat.size, dtype=jnp.int32))
+    k = jnp.ceil(fraction * jnp.sum(mask)).astype(jnp.int32)
+    return (rank < k).reshape(mask.shape) & mask
+
+
+def hdc_pairs(
+    dist: Array, labels: Array, *, filter_percentage: float = 0.5, sample_mask: Array | None = None
+) -> tuple[Array, Array]:
+    """Hard-aware deeply cascaded pair selection (HDCMiner, Yuan et al. 2017): the ceil(f n+) farthest of the
+    n+ positive pairs and the ceil(f n-) nearest of the n- negative pairs, f = filter_percentage."""
+    dist = jax.lax.stop_gradient(dist)
+    pos, neg = pair_masks(labels, sample_mask)
+    return (_top_fraction(dist, pos, filter_percentage, largest=True),
+            _top_fraction(dist, neg, filter_percentage, largest=False))
+
+
+BATCH_STRATEGIES = ("hard", "semihard", "easy", "all")
+
+
+def batch_easy_hard_pairs(
+    dist: Array,
+    labels: Array,
+    *,
+    pos_strategy: str = "easy",
+    neg_strategy: str = "semihard",
+    allowed_pos_range: tuple[float, float] | None = None,
+    allowed_neg_range: tuple[float, float] | None = None,
+    sample_mask: Array | None = None,
+) -> tuple[Array, Array]:
+    """One positive and one negative per anchor by strategy (BatchEasyHardMiner, Xuan et al. 2020):
+
+    positives: easy = nearest, hard = farthest, semihard = the farthest one nearer than the anchor's chosen
+    negative; negatives: easy = farthest, hard = nearest, semihard = the nearest one farther than the
+    chosen positive; all = every pair (no selection). Only distances inside the allowed range count.
+    Without 'all', an anchor keeps its pair only if it has both a positive and a negative.
+    Returns (pos, neg) [B, B] masks.
+    """
+    for kind, value in (("pos_strategy", pos_strategy), ("neg_strategy", neg_strategy)):
+        if value not in BATCH_STRATEGIES:
+            raise ValueError(f"{kind} must be one of {BATCH_STRATEGIES}, got {value!r}")
+    if pos_strategy == neg_strategy == "semihard":
+        raise ValueError("pos_strategy and neg_strategy cannot both be 'semihard'")
+    if "semihard" in (pos_strategy, neg_strategy) and "all" in (pos_strategy, neg_strategy):
+        raise ValueError("'semihard' cannot be combined with 'all' (pos_strategy, neg_strategy)")
+    dist = jax.lax.stop_gradient(dist)
+    pos, neg = pair_masks(labels, sample_mask)
+    if allowed_pos_range is not None:
+        pos_ok = pos & (dist >= allowed_pos_range[0]) & (dist <= allowed_pos_range[1])
+    else:
+        pos_ok = pos
+    if allowed_neg_range is not None:
+        neg_ok = neg & (dist >= allowed_neg_range[0]) & (dist <= allowed_neg_range[1])
+    else:
+        neg_ok = neg
+
+    def pick(mask, farthest, threshold=None):
+        if threshold is not None:
+            mask = mask & ((dist < threshold[:, None]) if farthest else (dist > threshold[:, None]))
+        fill = -jnp.inf if farthest else jnp.inf
+        values = jnp.where(mask, dist, fill)
+        idx = jnp.argmax(values, axis=1) if farthest else jnp.argmin(values, axis=1)
+        chosen = jnp.take_along_axis(dist, idx[:, None], axis=1)[:, 0]
+        return jax.nn.one_hot(idx, dist.shape[1], dtype=bool), chosen, jnp.any(mask, axis=1)
+
+    pos_far = pos_strategy in ("hard", "semihard")
+    neg_far = neg_strategy == "easy"
+    if pos_strategy == "semihard":
+        n_sel, n_d, n_keep = pick(neg_ok, neg_far)
+        p_sel, _, p_keep = pick(pos_ok, pos_far, threshold=n_d)
+    elif neg_strategy == "semihard":
+        p_sel, p_d, p_keep = pick(pos_ok, pos_far)
+        n_sel, _, n_keep = pick(neg_ok, neg_far, threshold=p_d)
+    else:
+        p_sel, _, p_keep = pick(pos_ok, pos_far)
+        n_sel, _, n_keep = pick(neg_ok, neg_far)
+    if pos_strategy == "all" and neg_strategy == "all":
+        return pos, neg
+    if pos_strategy == "all":
+        return pos, n_sel & n_keep[:, None]
+    if neg_strategy == "all":
+        return p_sel & p_keep[:, None], neg
+    keep = (p_keep & n_keep)[:, None]
+    return p_sel & keep, n_sel & keep
+
+
+def uniform_histogram_pairs(
+    key: Array,
+    dist: Array,
+    labels: Array,
+    *,
+    num_bins: int = 100,
+    pos_per_bin: int = 10,
+    neg_per_bin: int = 10,
+    sample_mask: Array | None = None,
+) -> tuple[Array, Array]:
+    """Pairs drawn uniformly over the distance range (UniformHistogramMiner): the range [min, max] of the
+    positive (negative) pair distances is cut into num_bins equal bins, and every non-empty bin draws
+    pos_per_bin (neg_per_bin) of its pairs uniformly with replacement. Returns [B, B] int32 counts (the
+    number of times each pair was drawn); the pair losses use the drawn set."""
+    dist = jax.lax.stop_gradient(dist)
+    pos, neg = pair_masks(labels, sample_mask)
+    key_p, key_n = jax.random.split(key)
+
+    def draw(k, mask, per_bin):
+        lo = jnp.min(jnp.where(mask, dist, jnp.inf))
+        hi = jnp.max(jnp.where(mask, dist, -jnp.inf))
+        width = jnp.where(hi > lo, (hi - lo) / num_bins, 1.0)
+        bins = jnp.clip(jnp.floor((dist - lo) / width), 0, num_bins - 1).astype(jnp.int32).ravel()
+        flat_mask = mask.ravel()
+        one_hot = (bins[None, :] == jnp.arange(num_bins)[:, None]) & flat_mask[None, :]  # [bins, B*B]
+        idx = _inverse_cdf_sample(k, one_hot.astype(dist.dtype), per_bin)  # [bins, per_bin]
+        ok = jnp.broadcast_to(jnp.any(one_hot, axis=1)[:, None], idx.shape).astype(jnp.int32)
+        return jnp.zeros(flat_mask.shape, jnp.int32).at[idx.ravel()].add(ok.ravel()).reshape(mask.shape)
+
+    return draw(key_p, pos, pos_per_bin), draw(key_n, neg, neg_per_bin)
+
+
+# The miners by pytorch-metric-learning class (registry name = its snake_case without 'Miner'):
+# name -> (function, what it returns: 'triplets' [B, B, B] or 'pairs' (pos, neg) [B, B], the matrix it reads,
+# the pytorch-metric-learning class).
+MINER_REGISTRY: dict[str, tuple] = {
+    "angular": (angular_mask, "triplets", "similarity", "AngularMiner"),
+    "batch_easy_hard": (batch_easy_hard_pairs, "pairs", "distance", "BatchEasyHardMiner"),
+    "batch_hard": (batch_hard_mask, "triplets", "distance", "BatchHardMiner"),
+    "distance_weighted": (distance_weighted_triplets, "triplets", "distance", "DistanceWeightedMiner"),
+    "hdc": (hdc_pairs, "pairs", "distance", "HDCMiner"),
+    "multi_similarity": (multi_similarity_pairs, "pairs", "similarity", "MultiSimilarityMiner"),
+    "pair_margin": (pair_margin_pairs, "pairs", "distance", "PairMarginMiner"),
+    "triplet_margin": (triplet_margin_mask, "triplets", "distance", "TripletMarginMiner"),
+    "uniform_histogram": (uniform_histogram_pairs, "pairs", "distance", "UniformHistogramMiner"),
+}

@@ -97,11 +97,12 @@ GENERIC_PAIR_LOSSES = (
     "intra_pair_variance", "nca", "signal_to_noise_ratio_contrastive", "angular", "instance", "smooth_ap", "pnp",
     "histogram", "threshold_consistent_margin", "ranked_list",
 )
-# Label-free losses of the registry that the supervised trainer cannot feed (two views per image; random
-# meta-classes): they exist as array functions only.
+# Losses of the registry that the trainer cannot feed (two views per image; random meta-classes; a state
+# carried between steps): they exist as array functions only.
 LABEL_FREE_LOSSES = {
     "vic_reg": "it compares two augmented views of each image, and the trainer feeds one",
     "manifold": "it is label-free (random meta-class proxies), and the trainer optimises labelled retrieval",
+    "dynamic_soft_margin": "it carries a histogram from step to step, and the train state holds no loss state",
 }
 _SUPPLIED = ("sample_mask", "pos_mask", "neg_mask", "magnitudes", "embedding_norms")
 
@@ -136,7 +137,8 @@ KAPPA_PARAMS = ("softplus", "clamp")
 TEMPERATURE_PARAMS = ("log", "raw")
 GUIDANCE_POSITIVES = ("columns", "proxies")
 
-MINERS = ("semihard", "hard", "all", "batch_hard", "distance_weighted", "multi_similarity")
+MINERS = ("semihard", "hard", "all", "batch_hard", "distance_weighted", "multi_similarity", "angular", "pair_margin",
+          "hdc", "batch_easy_hard", "uniform_histogram")
 MINER_DEFAULTS: dict[str, dict] = {
     "semihard": {"miner_margin": None},
     "hard": {"miner_margin": None},
@@ -144,9 +146,14 @@ MINER_DEFAULTS: dict[str, dict] = {
     "batch_hard": {},
     "distance_weighted": {"cutoff": 0.5, "nonzero_loss_cutoff": 1.4, "triplets_per_anchor": None},
     "multi_similarity": {"epsilon": 0.1},
+    "angular": {"angle": 20.0},
+    "pair_margin": {"miner_pos_margin": 0.2, "miner_neg_margin": 0.8},
+    "hdc": {"filter_percentage": 0.5},
+    "batch_easy_hard": {"pos_strategy": "easy", "neg_strategy": "semihard"},
+    "uniform_histogram": {"miner_num_bins": 100, "pos_per_bin": 10, "neg_per_bin": 10},
 }
-TRIPLET_MINERS = ("semihard", "hard", "all", "batch_hard", "distance_weighted")
-PAIR_MINERS = ("multi_similarity",)
+TRIPLET_MINERS = ("semihard", "hard", "all", "batch_hard", "distance_weighted", "angular")
+PAIR_MINERS = ("multi_similarity", "pair_margin", "hdc", "batch_easy_hard", "uniform_histogram")
 LOSS_MINERS = {
     "triplet": ("none",) + TRIPLET_MINERS,
     "margin": ("none",) + TRIPLET_MINERS,
@@ -335,6 +342,9 @@ def _pair_objective(cfg: ml_collections.ConfigDict, num_classes: int, embed_dim:
     _check_keys(cfg, set(_COMMON_KEYS) | set(hp) | set(miner_hp))
     if name in GENERIC_PAIR_LOSSES:
         _check_bounded(name, cfg.get("similarity", "cosine"))
+    if miner == "angular" and cfg.get("similarity", "cosine") not in similarity.BOUNDED_SIMILARITIES:
+        raise ConfigError(f"miner 'angular' needs a similarity in [-1, 1]; {cfg.get('similarity')!r} is not one of "
+                          f"{', '.join(sorted(similarity.BOUNDED_SIMILARITIES))}")
     if name == "signal_to_noise_ratio_contrastive" and cfg.get("similarity", "cosine") != "cosine":
         raise ConfigError("signal_to_noise_ratio_contrastive uses the SNR distance of the embeddings; "
                           f"similarity must be 'cosine' (the default), got {cfg.similarity!r}")
@@ -357,14 +367,30 @@ def _pair_objective(cfg: ml_collections.ConfigDict, num_classes: int, embed_dim:
             return mining.triplet_margin_mask(d, labels, margin=miner_hp["miner_margin"], kind=miner)
         if miner == "batch_hard":
             return mining.batch_hard_mask(d, labels)
+        if miner == "angular":
+            return mining.angular_mask(pair.similarity, labels, angle=miner_hp["angle"])
         return mining.distance_weighted_triplets(
             key, d, labels, dim=embed_dim, cutoff=miner_hp["cutoff"],
             nonzero_loss_cutoff=miner_hp["nonzero_loss_cutoff"], triplets_per_anchor=miner_hp["triplets_per_anchor"],
         )
 
-    def pairs(pair: similarity.Pairwise, labels: Array) -> tuple[Array | None, Array | None]:
+    def pairs(pair: similarity.Pairwise, labels: Array, key: Array) -> tuple[Array | None, Array | None]:
+        d = pair.distance
         if miner == "none":
             return None, None
+        if miner == "pair_margin":
+            return mining.pair_margin_pairs(d, labels, pos_margin=miner_hp["miner_pos_margin"],
+                                            neg_margin=miner_hp["miner_neg_margin"])
+        if miner == "hdc":
+            return mining.hdc_pairs(d, labels, filter_percentage=miner_hp["filter_percentage"])
+        if miner == "batch_easy_hard":
+            return mining.batch_easy_hard_pairs(d, labels, pos_strategy=miner_hp["pos_strategy"],
+                                                neg_strategy=miner_hp["neg_strategy"])
+        if miner == "uniform_histogram":  # the drawn set (counts > 0)
+            pos, neg = mining.uniform_histogram_pairs(key, d, labels, num_bins=int(miner_hp["miner_num_bins"]),
+                                                      pos_per_bin=int(miner_hp["pos_per_bin"]),
+                                                      neg_per_bin=int(miner_hp["neg_per_bin"]))
+            return pos > 0, neg > 0
         return mining.multi_similarity_pairs(pair.similarity, labels, epsilon=miner_hp["epsilon"])
 
     def apply(params: dict, outputs: dict, labels: Array, key: Array) -> tuple[Array, dict]:
@@ -372,11 +398,11 @@ def _pair_objective(cfg: ml_collections.ConfigDict, num_classes: int, embed_dim:
         pair = sim_fn(outputs, outputs, key=k_sim)
         aux = {}
         if name == "contrastive":
-            pos, neg = pairs(pair, labels)
+            pos, neg = pairs(pair, labels, k_mine)
             loss = losses.contrastive(pair.distance, labels, pos_margin=hp["pos_margin"],
                                       neg_margin=hp["neg_margin"], pos_mask=pos, neg_mask=neg)
         elif name == "multi_similarity":
-            pos, neg = pairs(pair, labels)
+            pos, neg = pairs(pair, labels, k_mine)
             loss = losses.multi_similarity(pair.similarity, labels, alpha=hp["alpha"], beta=hp["beta"],
                                            base=hp["base"], pos_mask=pos, neg_mask=neg)
         elif name == "triplet":
@@ -400,7 +426,7 @@ def _pair_objective(cfg: ml_collections.ConfigDict, num_classes: int, embed_dim:
                 x = losses.snr_distance(outputs["embedding"])
             masks = {}
             if _takes_pair_masks(name):
-                masks["pos_mask"], masks["neg_mask"] = pairs(pair, labels)
+                masks["pos_mask"], masks["neg_mask"] = pairs(pair, labels, k_mine)
             loss = spec.fn(x, labels, **hp, **masks)
         return loss, aux
 

@@ -14,6 +14,7 @@ from probdml.similarity import chord_distance, cosine
 torch = pytest.importorskip("torch")
 pml_losses = pytest.importorskip("pytorch_metric_learning.losses")
 pml_distances = pytest.importorskip("pytorch_metric_learning.distances")
+lmu = pytest.importorskip("pytorch_metric_learning.utils.loss_and_miner_utils")
 
 B, D, C = 12, 8, 5
 RTOL = 1e-5
@@ -260,3 +261,82 @@ def test_manifold_matches_pml(lambda_c):
         return losses.manifold(cosine(both, both), jnp.asarray(meta), num_proxies=k, lambda_c=lambda_c, margin=0.01)
 
     _compare(ref, _ours(jax.jit(ours), emb, proxies))
+
+
+def test_dynamic_soft_margin_matches_pml_over_two_steps():
+    """Values and histograms over two consecutive batches equal PML's; the gradient equals PML's formula with
+    the histogram held constant (PML also differentiates it through the bin fractions: docstring)."""
+    loss = pml_losses.DynamicSoftMarginLoss(min_val=-2.0, num_bins=10, momentum=0.1)
+    hist = jnp.zeros(10)
+    fn = jax.jit(lambda e, h: losses.dynamic_soft_margin(_chord(e), Y, h, momentum=0.1))
+    for seed in (100, 101):
+        emb = _emb(seed)
+        hist_before = loss.hist_.detach().clone()
+        e = torch.tensor(emb, requires_grad=True)
+        ref = loss(e, torch.tensor(LABELS)).item()
+        value, new_hist = fn(jnp.asarray(emb), hist)
+        _close(value, ref)
+        _close(new_hist, loss.hist_.detach().numpy())
+        # the same loss in torch with the updated histogram as a constant
+        e2 = torch.tensor(emb, requires_grad=True)
+        x = torch.nn.functional.normalize(e2, dim=1)
+        d = torch.cdist(x, x)
+        y = torch.tensor(LABELS)
+        a, p, n = lmu.get_all_triplets_indices(y)
+        data = d[a, p] - d[a, n]
+        cdf = torch.cumsum(torch.tensor(np.asarray(new_hist)), 0)
+        idx = torch.floor((data.detach() + 2.0) / 0.4).long()
+        (cdf[idx] * data).mean().backward()
+        grad = jax.grad(lambda e_, h=hist: fn(e_, h)[0])(jnp.asarray(emb))
+        _close(grad, e2.grad.numpy(), rtol=1e-4)
+        assert hist_before.sum() == 0 or not np.allclose(hist_before.numpy(), new_hist)
+        hist = new_hist
+
+
+# ----------------------------------------------------------------------------------------------------
+# Finite values and gradients of the catalogue's losses on adversarial matrices (hypothesis, few examples)
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra import numpy as hnp  # noqa: E402
+
+NB = 6
+_ENTRY = st.sampled_from([0.0, 1.0, -1.0, 0.5, -0.3, 1e-7, 1e4, -1e4, 1e8, -1e8])
+
+
+def _catalogue(sim_p, sim_pp, labels):
+    """Every new loss with a proxy similarity sim_p [B, 2C] and a batch similarity sim_pp [B, B]."""
+    sp = sim_p[:, :C]
+    d = jnp.abs(sim_pp)
+    return jnp.stack([
+        losses.circle(sim_pp, labels), losses.sup_con(sim_pp, labels), losses.nt_xent(sim_pp, labels),
+        losses.lifted_structure(d, labels), losses.generalized_lifted_structure(d, labels),
+        losses.tuplet_margin(sim_pp, labels), losses.intra_pair_variance(sim_pp, labels), losses.nca(sim_pp, labels),
+        losses.signal_to_noise_ratio_contrastive(d, labels), losses.angular(sim_pp, labels),
+        losses.instance(sim_pp, labels), losses.smooth_ap(sim_pp, labels), losses.pnp(sim_pp, labels),
+        losses.histogram(jnp.clip(sim_pp, -1.0, 1.0), labels, n_bins=10),
+        losses.threshold_consistent_margin(sim_pp, labels), losses.ranked_list(d, labels),
+        losses.dynamic_soft_margin(d, labels, jnp.full((10,), 0.1))[0],
+        losses.cos_face(sp, labels), losses.large_margin_softmax(jnp.clip(sp, -1.0, 1.0), labels),
+        losses.sphere_face(jnp.clip(sp, -1.0, 1.0), labels), losses.sub_center_arc_face(sim_p, labels, sub_centers=2),
+        losses.p2s_grad(sp, labels),
+    ])
+
+
+@jax.jit
+def _catalogue_and_grads(sim_p, sim_pp, labels):
+    return _catalogue(sim_p, sim_pp, labels), jax.jacrev(_catalogue, argnums=(0, 1))(sim_p, sim_pp, labels)
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    sim_p=hnp.arrays(np.float32, (NB, 2 * C), elements=_ENTRY),
+    sim_pp=hnp.arrays(np.float32, (NB, NB), elements=_ENTRY),
+    labels=st.one_of(st.just(np.zeros(NB, np.int32)), st.just(np.arange(NB, dtype=np.int32) % C),
+                     hnp.arrays(np.int32, (NB,), elements=st.integers(0, 2))),
+)
+def test_catalogue_is_finite_with_finite_gradients_on_adversarial_matrices(sim_p, sim_pp, labels):
+    values, (j_p, j_pp) = _catalogue_and_grads(jnp.asarray(sim_p), jnp.asarray(sim_pp), jnp.asarray(labels))
+    bad = [i for i, v in enumerate(np.asarray(values)) if not np.isfinite(v)]
+    assert not bad, f"non-finite loss at catalogue rows {bad}"
+    assert np.all(np.isfinite(np.asarray(j_p))) and np.all(np.isfinite(np.asarray(j_pp)))

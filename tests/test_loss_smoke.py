@@ -69,3 +69,22 @@ def test_one_jitted_step_with_each_similarity(name):
         assert all(np.all(np.isfinite(np.asarray(g))) for g in leaves), k
         if k == "cosine":
             assert float(jnp.sum(jnp.abs(g_out["embedding"]))) > 0, "no gradient reaches the embeddings"
+
+
+@pytest.mark.parametrize("loss_name,miner", [
+    ("contrastive", "pair_margin"), ("contrastive", "hdc"), ("circle", "batch_easy_hard"),
+    ("sup_con", "uniform_histogram"), ("triplet_margin", "angular"), ("margin", "angular"),
+])
+def test_new_miners_through_the_objective(loss_name, miner):
+    """The objective wires each new miner to its loss (traced, not compiled: shapes and keywords); the angular
+    miner needs a bounded similarity."""
+    obj = objective.build_objective(ml_collections.ConfigDict(dict(name=loss_name, miner=miner)), C, D)
+    outputs = {"embedding": jnp.ones((B, D)) + jnp.eye(B, D)}
+    labels = jnp.asarray(np.arange(B) % C)
+    value, _ = jax.eval_shape(lambda o: obj.apply(obj.init(jax.random.key(0)), o, labels, jax.random.key(1)),
+                              outputs)
+    assert value.shape == ()
+    if miner == "angular":
+        with pytest.raises(ConfigError, match="miner 'angular' needs a similarity in"):
+            objective.build_objective(ml_collections.ConfigDict(dict(name=loss_name, miner=miner, similarity="el")),
+                                      C, D)

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from probdml import mining
 from probdml.losses._common import (
+    _shape,
     check_labels,
     check_matrix,
     check_pair_inputs,
@@ -526,3 +527,52 @@ def ranked_list(
     loss_p = jnp.sum(w_p * (dist - (a - margin)), axis=1) / (jnp.sum(w_p, axis=1) + eps)
     loss_n = jnp.sum(w_n * (a - dist), axis=1) / (jnp.sum(w_n, axis=1) + eps)
     return masked_mean((1.0 - imbalance) * loss_p + imbalance * loss_n, sample_valid(labels, sample_mask))
+
+
+def dynamic_soft_margin(
+    dist: jnp.ndarray,
+    labels: jnp.ndarray,
+    histogram: jnp.ndarray,
+    *,
+    min_val: float = -2.0,
+    momentum: float = 0.01,
+    triplets: jnp.ndarray | None = None,
+    sample_mask: jnp.ndarray | None = None,
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Dynamic soft margin loss (Zhang & Rusinkiewicz, ICCV 2019), pytorch-metric-learning's
+    DynamicSoftMarginLoss; a stateful loss: returns (loss, updated histogram).
+
+    Over the triplets x = d_ap - d_an (all valid ones, or `triplets`), binned on [min_val, -min_val] into
+    num_bins = len(histogram) bins of width Delta = 2 |min_val| / num_bins with linear splitting between
+    bin r = floor((x - min_val) / Delta) and r + 1, the histogram h is updated as
+    h <- normalise((1 - m) h + m hist(x)) (m = momentum, or 1 while h is all zero), and
+    L = mean over triplets of CDF_h(r) x; triplets with x outside [min_val, -min_val) count with weight 0
+    (pytorch-metric-learning fails on them). Difference: the CDF weights carry no gradient here (a margin
+    computed from statistics); pytorch-metric-learning also differentiates them through the bin fractions.
+    """
+    check_pair_inputs("dynamic_soft_margin", "dist", dist, labels, sample_mask, triplets=triplets)
+    if len(_shape(histogram)) != 1 or _shape(histogram)[0] < 1:
+        raise ValueError(f"dynamic_soft_margin: histogram must be [num_bins], got shape {_shape(histogram)}")
+    num_bins = histogram.shape[0]
+    delta = 2.0 * abs(min_val) / num_bins
+    valid = mining.triplet_mask(labels, sample_mask)
+    w = (valid if triplets is None else valid * triplets).astype(dist.dtype)
+    x = dist[:, :, None] - dist[:, None, :]  # [a, p, n]
+    position = jax.lax.stop_gradient((x - min_val) / delta)
+    inside = (position >= 0) & (position < num_bins)  # triplets outside the binned range update no bin
+    position = jnp.where(inside, position, 0.0)
+    r = jnp.floor(position)
+    frac = position - r
+    r = r.astype(jnp.int32)
+    m = jnp.where(jnp.sum(histogram) != 0, momentum, 1.0)
+    new = (1.0 - m) * histogram
+    # bins outside [0, num_bins) are dropped (index num_bins: out of range, never wrapped like a negative one)
+    low = jnp.where((r >= 0) & (r < num_bins), r, num_bins).ravel()
+    high = jnp.where((r + 1 >= 0) & (r + 1 < num_bins), r + 1, num_bins).ravel()
+    new = new.at[low].add((m * (1.0 - frac) * w * inside).ravel(), mode="drop")
+    new = new.at[high].add((m * frac * w * inside).ravel(), mode="drop")
+    new = new / jnp.where(jnp.sum(new) > 0, jnp.sum(new), 1.0)
+    cdf = jnp.cumsum(jax.lax.stop_gradient(new))
+    weight = jnp.where(inside, cdf[jnp.clip(r, 0, num_bins - 1)], 0.0)
+    loss = jnp.sum(w * weight * x) / jnp.maximum(jnp.sum(w), 1.0)
+    return loss, jnp.where(jnp.sum(w) > 0, new, histogram)

@@ -69,6 +69,7 @@ LOSS_REGISTRY: dict[str, LossSpec] = {
     "ranked_list": LossSpec(pair.ranked_list, "pair", "distance", "RankedListLoss"),
     "vic_reg": LossSpec(self_supervised.vic_reg, "self_supervised", "embeddings", "VICRegLoss"),
     "manifold": LossSpec(self_supervised.manifold, "self_supervised", "similarity", "ManifoldLoss", bounded=True),
+    "dynamic_soft_margin": LossSpec(pair.dynamic_soft_margin, "pair", "distance", "DynamicSoftMarginLoss"),
     "signal_to_noise_ratio_contrastive": LossSpec(pair.signal_to_noise_ratio_contrastive, "pair", "distance",
                                                   "SignalToNoiseRatioContrastiveLoss"),
 }
