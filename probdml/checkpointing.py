@@ -219,3 +219,8 @@ def restore_latest(mngr: ocp.CheckpointManager, like: Any) -> Any | None:
 
                 multihost_utils.sync_global_devices("probdml-checkpoint-restore")
             mngr.reload()
+
+
+def step_metrics(mngr: ocp.CheckpointManager, step: int) -> dict[str, float]:
+    """The evaluation metrics saved with the checkpoint at `step` ({} when it has none)."""
+    return dict(mngr.metrics(step) or {})

@@ -163,7 +163,7 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     parent = os.path.dirname(os.path.abspath(workdir))
     if not os.path.isdir(parent):
         raise ConfigError(f"workdir parent directory does not exist: {parent}")
-    data.check_name(config.data.name)
+    data.check_builder_config(config.data)  # dataset name and builder config
     if config.data.sampler not in data.pipeline.SAMPLERS:
         raise unknown_choice("sampler", config.data.sampler, data.pipeline.SAMPLERS)
     if config.model.name not in models.MODELS:
@@ -175,6 +175,44 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str) -> None:
         raise unknown_choice("loss", config.loss.name, objective.LOSSES)
     optim.validate(config.optim)
     evaluate.knn_metric(config.eval.metric)
+    selection(config)
+
+
+SELECTION_SPLITS = ("", "val", "test")
+
+
+class Selection(NamedTuple):
+    """How a run picks the checkpoint it reports besides the final one (`config.selection`).
+
+    split '' : no selection, the final step only (datasets with too few training classes, e.g. digits);
+    split 'val': train on 'train_sub', evaluate the held-out training classes 'val' every `eval_every`
+      steps and keep the checkpoint with the highest `val/<metric>` (the default of the image benchmarks);
+    split 'test': the official codes' protocol, the best `test/<metric>` over evaluations; the test
+      split then chooses the reported step, which biases it upwards: only for reproducing papers.
+    """
+
+    split: str
+    metric: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.split}/{self.metric}" if self.split else ""
+
+    @property
+    def train_split(self) -> str:
+        return "train_sub" if self.split == "val" else "train"
+
+
+def selection(config: ml_collections.ConfigDict) -> Selection:
+    """`config.selection` checked: split in SELECTION_SPLITS, metric a key the evaluation writes."""
+    sel = config.get("selection") or ml_collections.ConfigDict({"split": "", "metric": "recall@1"})
+    split, metric = str(sel.get("split", "")), str(sel.get("metric", "recall@1"))
+    if split not in SELECTION_SPLITS:
+        raise ConfigError(f"unknown selection.split {split!r}; valid: '' (final step only), 'val', 'test'")
+    valid = [f"recall@{k}" for k in config.eval.ks] + ["precision@1", "r_precision", "map@r"]
+    if metric not in valid:
+        raise ConfigError(f"unknown selection.metric {metric!r}; valid: {', '.join(valid)}")
+    return Selection(split, metric)
 
 
 class _Preemption:
@@ -234,18 +272,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_ch
     parallel.check_batch_size(config.data.batch_size, mesh)
     parallel.check_batch_size(config.eval.batch_size, mesh, "eval batch size")
     lead = jax.process_index() == 0
+    sel = selection(config)
     run = workdir_lib.open_run(config, workdir, allow_changes, jax.process_index(), jax.process_count())
     if run.finished is not None:
         writers.log(f"finished: {workdir} holds a finished run of {config.num_steps} steps; nothing to do")
-        return {k: v for k, v in run.finished.items() if k != "step"}
-    train_ds = data.load_split(config.data, "train")
-    test_ds = data.load_split(config.data, "test")
+        return run.finished
+    train_ds = data.load_split(config.data, sel.train_split)
+    eval_sets = {"test": data.load_split(config.data, "test")}
+    if sel.split == "val":
+        eval_sets = {"val": data.load_split(config.data, "val"), **eval_sets}
+    test_ds = eval_sets["test"]
     config_checks.check_data(config, train_ds, test_ds)
     setup = create_setup(config, mesh, train_ds.num_classes, train_ds.image_shape)
     model, state, train_step = setup.model, setup.state, setup.train_step
 
-    best_metric = config.get("checkpoint_best_metric", "")
-    mngr = checkpointing.manager(workdir, config.keep_checkpoints, best_metric)
+    mngr = checkpointing.manager(workdir, config.keep_checkpoints, sel.key)
     restored = checkpointing.restore_latest(mngr, state)
     if restored is not None:
         state = restored
@@ -261,15 +302,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_ch
         state = warm_start(setup, state, lambda x: apply_eval(state.params["model"], state.batch_stats, x),
                            config, train_ds, mesh)
 
-    def run_eval(state: TrainState) -> dict[str, float]:
+    vmf = evaluate.vmf_embedding(config)
+
+    def run_eval(state: TrainState, split: str) -> dict[str, float]:
+        ds = eval_sets[split]
         outputs = evaluate.embed(
             lambda x: apply_eval(state.params["model"], state.batch_stats, x),
             config.data,
-            test_ds,
+            ds,
             config.eval.batch_size,
             mesh,
         )
-        return evaluate.evaluate_outputs(outputs, test_ds.labels, config.eval, mesh)
+        return evaluate.evaluate_outputs(outputs, ds.labels, config.eval, mesh, vmf=vmf,
+                                         severity=getattr(ds, "severity", None))
 
     run.record()
     writer = writers.MetricWriter(workdir, resume_step=start) if lead else None
@@ -302,14 +347,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_ch
                 writers.log(f"step {step}/{num_steps}  {writers.format_scalars(scalars)}  {rate:.1f} steps/s  ETA {eta:.0f}s")
             evaluated = step % config.eval_every == 0 or step == num_steps
             if evaluated:
-                eval_metrics = run_eval(state)
+                during = sel.split or "test"  # with val selection the test split waits for the end
+                eval_metrics = {f"{during}/{k}": v for k, v in run_eval(state, during).items()}
                 if writer is not None:
-                    writer.write_scalars(step, {f"test/{k}": v for k, v in eval_metrics.items()})
-                writers.log(f"eval step {step}  {writers.format_scalars(eval_metrics)}")
-            track_best = evaluated and bool(best_metric)
+                    writer.write_scalars(step, eval_metrics)
+                writers.log(f"eval step {step}  {writers.format_scalars(_console(eval_metrics))}")
+            track_best = evaluated and bool(sel.key)
             if step % config.checkpoint_every == 0 or step == num_steps or track_best or preemption.requested:
-                ckpt_metrics = {f"test/{k}": v for k, v in eval_metrics.items()} if evaluated else None
-                checkpointing.save(mngr, step, state, ckpt_metrics)
+                checkpointing.save(mngr, step, state, eval_metrics if evaluated else None)
             if preemption.requested:
                 mngr.wait_until_finished()
                 if bar is not None:
@@ -321,12 +366,54 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_ch
     if bar is not None:
         bar.close()
     mngr.wait_until_finished()
+    final_step = int(state.step)
+    if eval_metrics and sel.split != "val":  # the last step's test evaluation
+        final = {k.removeprefix("test/"): v for k, v in eval_metrics.items()}
+    else:
+        final = run_eval(state, "test")
+    record: dict[str, Any] = {"step": final_step, "split": "test", **final}
+    if sel.split:
+        best = mngr.best_step()
+        if best is None:
+            raise RuntimeError(f"no checkpoint carries {sel.key}; was the run evaluated (eval_every)?")
+        best_state = state if best == final_step else checkpointing.restore_step(mngr, best, state)
+        picked = final if best == final_step else run_eval(best_state, "test")
+        value = checkpointing.step_metrics(mngr, best)[sel.key]
+        record["selection"] = {"split": sel.split, "metric": sel.key, "step": int(best), "value": value}
+        record["selected"] = picked
     mngr.close()
-    if not eval_metrics:
-        eval_metrics = run_eval(state)
     if writer is not None:
+        writer.write_scalars(final_step, {f"test/{k}": v for k, v in final.items()})
+        if sel.split:
+            writer.write_scalars(final_step, {f"test@selected/{k}": v for k, v in record["selected"].items()})
         writer.close()
         with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
-            json.dump({"step": int(state.step), **eval_metrics}, f, indent=1)
-    return eval_metrics
+            json.dump(record, f, indent=1)
+    return record
 
+
+def _console(metrics: dict[str, float]) -> dict[str, float]:
+    """The metrics worth a console line: retrieval, clustering, every R-AUROC and the primary rejection
+    recall; the per-score rejection recalls and the severity bins go to TensorBoard and metrics.jsonl."""
+
+    def keep(key: str) -> bool:
+        split, _, rest = key.partition("/")
+        name = rest if split in ("val", "test") else key
+        return "/" not in name or name.startswith("r_auroc/") or (
+            name.startswith("recall@1/reject") and name.count("/") == 1)
+
+    return {k: v for k, v in metrics.items() if keep(k)}
+
+
+def final_line(record: dict[str, Any]) -> str:
+    """The run's closing console lines, naming the split and step of every number: 'final test@<step>'
+    (the last step) and, when the run selects, 'selected test@<step> by <split/metric>=<value>'."""
+
+    def pairs(metrics: dict[str, Any]) -> str:
+        return "  ".join(f"{k}={v:.4f}" for k, v in _console(metrics).items() if isinstance(v, float))
+
+    line = f"final test@{record['step']}  {pairs(record)}"
+    if "selection" in record:
+        s = record["selection"]
+        line += f"\nselected test@{s['step']} by {s['metric']}={s['value']:.4f}  {pairs(record['selected'])}"
+    return line

@@ -201,14 +201,6 @@ def final_metrics(workdir: str) -> dict[str, Any] | None:
         return json.load(f)
 
 
-def final_line(metrics: dict[str, Any]) -> str:
-    """The CLI's closing line 'final name=value ...' (4 decimals) of the numeric evaluation metrics
-    (the 'step' entry of final_metrics.json excluded)."""
-    return "final " + "  ".join(
-        f"{k}={v:.4f}" for k, v in metrics.items() if k != "step" and isinstance(v, (int, float))
-    )
-
-
 class Run:
     """The outcome of `open_run`: whether the workdir is finished (with its final metrics), and
     `record()`, which writes the config (or the accepted changes) once training is about to start."""

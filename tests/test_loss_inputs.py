@@ -14,9 +14,9 @@ from probdml import losses
 from probdml.losses.registry import LOSS_REGISTRY
 
 B, C = 6, 4
-EXTRA = {"soft_triple": {"centers_per_class": 2}}
-COLUMNS = {"soft_triple": 2 * C}
-NAMES = sorted(LOSS_REGISTRY)
+EXTRA = {"soft_triple": {"centers_per_class": 2}, "sub_center_arc_face": {"sub_centers": 2}}
+COLUMNS = {"soft_triple": 2 * C, "sub_center_arc_face": 2 * C}
+NAMES = sorted(n for n, spec in LOSS_REGISTRY.items() if spec.family != "self_supervised")
 SETTINGS = settings(max_examples=15, deadline=None)
 
 
@@ -77,7 +77,7 @@ def test_labels_of_wrong_shape_or_dtype_raise(name, bad):
 def test_proxy_labels_outside_the_proxies_raise_when_concrete(name, offset, where):
     x, labels = _good(name)
     labels = labels.copy()
-    num_classes = x.shape[1] // EXTRA.get(name, {}).get("centers_per_class", 1)
+    num_classes = x.shape[1] // COLUMNS.get(name, C) * C
     labels[where] = offset if offset < 0 else num_classes + offset
     message = _raises(name, x, labels, "labels")
     assert f"[0, {num_classes})" in message
@@ -116,3 +116,16 @@ def test_mined_masks_and_triplets_checked():
         losses.proxy_nca_pp(_good("proxy_nca_pp")[0], labels, class_mask=np.ones(3, bool))
     with pytest.raises(ValueError, match="labels must lie in \\[0, 3\\)"):
         losses.proxy_subsample_mask(jax.random.key(0), labels, 3, 0.5)
+
+
+def test_label_free_losses_check_their_inputs():
+    x = np.ones((B, 3), np.float32)
+    with pytest.raises(ValueError, match="vic_reg: ref_embeddings must be \\[N, D\\] like embeddings with 6 rows"):
+        losses.vic_reg(x, x[:-1])
+    with pytest.raises(ValueError, match="vic_reg: embeddings must be a \\[N, D\\]"):
+        losses.vic_reg(x[0], x[0])
+    sim = np.eye(B, dtype=np.float32)
+    with pytest.raises(ValueError, match="manifold: labels must lie in \\[0, 2\\)"):
+        losses.manifold(sim, np.arange(B - 2) % 3, num_proxies=2)
+    with pytest.raises(ValueError, match="manifold: sim must be a square"):
+        losses.manifold(sim[:, :-1], np.zeros(B - 2, np.int32), num_proxies=2)

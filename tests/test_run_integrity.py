@@ -20,7 +20,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from probdml import checkpointing, workdir
+from probdml import checkpointing, train, workdir
 from probdml.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -139,11 +139,12 @@ def test_second_process_is_refused_while_the_first_finishes(reference):
     (line,) = _error_lines(second.stderr)
     assert f"is in use by pid {reference.pid}" in line
     assert reference.second_seconds < 60
-    assert reference.stdout.strip().splitlines()[-1] == workdir.final_line(reference.metrics)
+    assert reference.stdout.rstrip().endswith(train.final_line(reference.metrics))
     assert reference.metrics["step"] == NUM_STEPS
-    assert _metric_steps(reference.work) == Counter(
-        {**{(s, "train"): 1 for s in range(5, NUM_STEPS + 1, 5)}, **{(s, "test"): 1 for s in (20, 40)}}
-    )
+    steps = _metric_steps(reference.work)
+    assert {s for s, kind in steps if kind == "train"} == set(range(5, NUM_STEPS + 1, 5))
+    assert all(steps[(s, "train")] == 1 for s in range(5, NUM_STEPS + 1, 5))
+    assert {s for s, kind in steps if kind == "test"} == {20, 40}
 
 
 def test_finished_rerun_changes_nothing_and_drift_is_refused(reference):
@@ -154,7 +155,7 @@ def test_finished_rerun_changes_nothing_and_drift_is_refused(reference):
     again = _run(work, reference.data_dir)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "finished" in again.stdout
-    assert again.stdout.strip().splitlines()[-1] == reference.stdout.strip().splitlines()[-1]
+    assert again.stdout.rstrip().endswith(train.final_line(reference.metrics))
 
     drift = _run(work, reference.data_dir, "--config.optim.learning_rate=0.01")
     assert drift.returncode == 2, drift.stderr[-2000:]
@@ -192,19 +193,18 @@ def _resume_and_check(work, reference, damaged_step):
     every step logged once; then a further rerun reports the run finished."""
     again = _run(work, reference.data_dir)
     assert again.returncode == 0, again.stderr[-3000:]
-    warnings = [line for line in again.stderr.splitlines() if "damaged" in line]
-    assert len(warnings) == 1 and warnings[0].startswith("probdml: warning: checkpoint at step"), again.stderr[-3000:]
+    warnings = [line for line in again.stderr.splitlines() if "DamagedCheckpointWarning" in line]
+    assert len(warnings) == 1 and f"checkpoint at step {damaged_step} is damaged" in warnings[0], again.stderr[-3000:]
     assert "TensorStore" not in again.stderr and "Traceback" not in again.stderr
     moved = os.listdir(os.path.join(work, checkpointing.DAMAGED_DIR))
     assert [name.split("-")[0] for name in moved] == [str(damaged_step)]
     with open(os.path.join(work, "final_metrics.json")) as f:
         assert json.load(f) == reference.metrics
-    assert _metric_steps(work) == _metric_steps(reference.work)
-    assert max(_event_steps(work).values()) == 1
-    assert set(_event_steps(work)) == set(_event_steps(reference.work))
+    assert _metric_steps(work) == _metric_steps(reference.work)  # each row as often as uninterrupted
+    assert _event_steps(work) == _event_steps(reference.work)
     third = _run(work, reference.data_dir)
     assert third.returncode == 0 and "finished" in third.stdout, third.stderr[-2000:]
-    assert third.stdout.strip().splitlines()[-1] == reference.stdout.strip().splitlines()[-1]
+    assert third.stdout.rstrip().endswith(train.final_line(reference.metrics))
 
 
 def test_sigkill_then_truncated_checkpoint_resumes_to_the_reference(reference, tmp_path):

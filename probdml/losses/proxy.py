@@ -16,6 +16,7 @@ from probdml.losses._common import (
     check_proxy_inputs,
     cross_entropy,
     masked_log1p_sum_exp,
+    masked_mean,
     sample_valid,
 )
 from probdml.similarity import safe_sqrt
@@ -184,3 +185,112 @@ def soft_triple(
     target = jax.nn.one_hot(labels, class_sim.shape[1], dtype=sim.dtype)
     valid = sample_valid(labels, sample_mask)
     return cross_entropy(la * (class_sim - margin * target), labels, None, valid)
+
+
+def cos_face(
+    sim: jnp.ndarray,
+    labels: jnp.ndarray,
+    *,
+    margin: float = 0.35,
+    scale: float = 64.0,
+    sample_mask: jnp.ndarray | None = None,
+) -> jnp.ndarray:
+    """CosFace / large-margin cosine loss (Wang et al., CVPR 2018), pytorch-metric-learning's CosFaceLoss:
+
+    L = mean_i -log softmax_c(scale (s_ic - margin [c = y_i]))[y_i], s = cos(x_i, w_c).
+    """
+    check_proxy_inputs("cos_face", sim, labels, sample_mask)
+    target = jax.nn.one_hot(labels, sim.shape[1], dtype=sim.dtype)
+    return cross_entropy(scale * (sim - margin * target), labels, None, sample_valid(labels, sample_mask))
+
+
+def _chebyshev(c: Array, m: int) -> Array:
+    """cos(m theta) as the polynomial T_m(c) = sum_n (-1)^n binom(m, 2n) c^(m-2n) (1 - c^2)^n, c = cos theta."""
+    return sum((-1) ** n * math.comb(m, 2 * n) * c ** (m - 2 * n) * (1.0 - c * c) ** n for n in range(m // 2 + 1))
+
+
+def large_margin_softmax(
+    sim: jnp.ndarray,
+    labels: jnp.ndarray,
+    *,
+    margin: int = 4,
+    scale: float = 1.0,
+    magnitudes: jnp.ndarray | None = None,
+    sample_mask: jnp.ndarray | None = None,
+) -> jnp.ndarray:
+    """Large-margin softmax (Liu et al., ICML 2016), pytorch-metric-learning's LargeMarginSoftmaxLoss:
+
+    the target cosine c = cos theta becomes psi(theta) = (-1)^k cos(m theta) - 2k, k = floor(m theta / pi)
+    (no gradient through k), and logits are scale * |w_c| |x_i| * (psi or c):
+    L = mean_i -log softmax_c(logits_i)[y_i]. `magnitudes` ([B, C] or broadcastable, e.g. [B, 1]) is
+    |w_c| |x_i| (1 if None: the normalised variant). sim must be a cosine in [-1, 1]; cos(m theta) is
+    the Chebyshev polynomial of c (finite gradient at c = +-1).
+    """
+    check_proxy_inputs("large_margin_softmax", sim, labels, sample_mask)
+    m = int(margin)
+    theta = jnp.arccos(jnp.clip(jax.lax.stop_gradient(sim), -1.0, 1.0))
+    k = jnp.floor(theta / (math.pi / m))
+    psi = jnp.where(jnp.mod(k, 2) == 0, 1.0, -1.0) * _chebyshev(sim, m) - 2.0 * k
+    target = jax.nn.one_hot(labels, sim.shape[1], dtype=bool)
+    logits = jnp.where(target, psi, sim) * scale
+    if magnitudes is not None:
+        logits = logits * magnitudes
+    return cross_entropy(logits, labels, None, sample_valid(labels, sample_mask))
+
+
+def sphere_face(
+    sim: jnp.ndarray,
+    labels: jnp.ndarray,
+    *,
+    margin: int = 4,
+    scale: float = 1.0,
+    embedding_norms: jnp.ndarray | None = None,
+    sample_mask: jnp.ndarray | None = None,
+) -> jnp.ndarray:
+    """SphereFace / A-Softmax (Liu et al., CVPR 2017), pytorch-metric-learning's SphereFaceLoss:
+    `large_margin_softmax` with magnitudes |x_i| only (normalised class weights). `embedding_norms`: [B]
+    (1 if None)."""
+    check_proxy_inputs("sphere_face", sim, labels, sample_mask)
+    check_mask("sphere_face", "embedding_norms", embedding_norms, (sim.shape[0],))
+    magnitudes = None if embedding_norms is None else embedding_norms[:, None]
+    return large_margin_softmax(sim, labels, margin=margin, scale=scale, magnitudes=magnitudes,
+                                sample_mask=sample_mask)
+
+
+def sub_center_arc_face(
+    sim: jnp.ndarray,
+    labels: jnp.ndarray,
+    *,
+    sub_centers: int = 3,
+    margin: float = 28.6,
+    scale: float = 64.0,
+    sample_mask: jnp.ndarray | None = None,
+) -> jnp.ndarray:
+    """Sub-center ArcFace (Deng et al., ECCV 2020), pytorch-metric-learning's SubCenterArcFaceLoss:
+    sim [B, C*K], sub-centre k of class c in column c*K + k; each class's cosine is its nearest
+    sub-centre's, max_k s_ick, then `arcface`."""
+    check_matrix("sub_center_arc_face", "sim", sim, "[B, C*K] (samples x sub-centres)")
+    b, ck = sim.shape
+    if ck % sub_centers:
+        raise ValueError(f"sub_center_arc_face: sim has {ck} columns, not a multiple of sub_centers={sub_centers}")
+    check_proxy_inputs("sub_center_arc_face", sim, labels, sample_mask, classes_per_column=sub_centers)
+    class_sim = jnp.max(sim.reshape(b, ck // sub_centers, sub_centers), axis=2)
+    return arcface(class_sim, labels, margin=margin, scale=scale, sample_mask=sample_mask)
+
+
+def p2s_grad(
+    sim: jnp.ndarray,
+    labels: jnp.ndarray,
+    *,
+    sample_mask: jnp.ndarray | None = None,
+) -> jnp.ndarray:
+    """P2SGrad (Zhang et al., CVPR 2019), pytorch-metric-learning's P2SGradLoss: the mean squared error
+    between the clipped cosines and the one-hot labels, L = 1/(B C) sum_{i,c} (clip(s_ic, -1, 1) - [c = y_i])^2.
+    Difference: pytorch-metric-learning renormalises its class weights in place and differentiates the
+    unnormalised product, so its weight gradient keeps a radial part; with sim = cos(x, w) the weight
+    gradient here is the tangential one (the embedding gradients agree).
+    """
+    check_proxy_inputs("p2s_grad", sim, labels, sample_mask)
+    target = jax.nn.one_hot(labels, sim.shape[1], dtype=sim.dtype)
+    per_sample = jnp.mean((jnp.clip(sim, -1.0, 1.0) - target) ** 2, axis=1)
+    return masked_mean(per_sample, sample_valid(labels, sample_mask))

@@ -260,7 +260,8 @@ def retrieval_metrics(
     block_size: int = 1024,
     ref_block_size: int = 65536,
     mesh: Mesh | None = None,
-) -> dict[str, Any]:
+    return_neighbors: bool = False,
+) -> dict[str, Any] | tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """Retrieval metrics of `embeddings` (queries) against the references, by exact kNN.
 
     Default: leave-one-out retrieval within `embeddings` (every sample queries all others),
@@ -270,6 +271,8 @@ def retrieval_metrics(
     ``metric='euclidean'`` / ``'cosine'``. `k`: neighbours to retrieve; None retrieves what the
     requested metrics need (the largest R for the R-metrics) and, for ``map``/``mrr``, which are
     defined over all K retrieved, every reference. See `knn` for `metric` and the block sizes.
+    With `return_neighbors`, returns (metrics, scores [Nq, k], indices [Nq, k]) of the search (nearest
+    first), e.g. for the uncertainty metrics of the same leave-one-out retrieval.
     """
     include = _parse_include(include)
     ks = _check_ks(ks)
@@ -303,7 +306,7 @@ def retrieval_metrics(
         k = n_avail if ({"map", "mrr"} & set(include)) else max(need.values())
     elif k < max(need.values(), default=1) or k > n_avail:
         raise ValueError(f"k={k} must be at most {n_avail} and at least what the metrics need: {need}")
-    _, idx = knn(
+    scores, idx = knn(
         embeddings,
         reference_embeddings,
         k,
@@ -313,7 +316,7 @@ def retrieval_metrics(
         ref_block_size=ref_block_size,
         mesh=mesh,
     )
-    return metrics_from_neighbors(
+    out = metrics_from_neighbors(
         ref_labels[idx],
         labels,
         ref_labels,
@@ -323,3 +326,4 @@ def retrieval_metrics(
         avg_of_avgs=avg_of_avgs,
         return_per_class=return_per_class,
     )
+    return (out, scores, idx) if return_neighbors else out
