@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -63,25 +64,37 @@ def parse_flags(argv: list[str]) -> list[str]:
         _fail(config_checks.flag_error_message(e, argv))
 
 
+def _one_line_warnings() -> None:
+    """probdml's own warnings (e.g. a damaged checkpoint moved aside) as one line on stderr."""
+    default = warnings.formatwarning
+
+    def formatwarning(message, category, filename, lineno, line=None):
+        if category.__module__.startswith("probdml"):
+            return f"probdml: warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    warnings.formatwarning = formatwarning
+
+
 def main(argv: list[str]) -> None:
     del argv
     try:
         config_checks.check_config(_CONFIG.value)
     except ConfigError as e:
         _fail(str(e))
-    from probdml import train, writers
-
     logging.set_verbosity(logging.WARNING)
+    _one_line_warnings()
     try:
+        from probdml import train, workdir, writers
+
         with writers.run_logging(FLAGS.workdir):
             record = train.train_and_evaluate(_CONFIG.value, FLAGS.workdir, allow_changes=FLAGS.allow_changes)
     except ConfigError as e:
         _fail(str(e))
     except KeyboardInterrupt:
-        print("probdml: interrupted (Ctrl-C) outside the training loop; rerun the same command to resume",
-              file=sys.stderr)
+        print("probdml: interrupted (Ctrl-C) outside the training loop; rerun the same command to resume", file=sys.stderr)
         sys.exit(130)
-    print(train.final_line(record))
+    print(workdir.final_line(record))
 
 
 if __name__ == "__main__":

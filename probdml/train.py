@@ -351,7 +351,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_ch
                 eval_metrics = {f"{during}/{k}": v for k, v in run_eval(state, during).items()}
                 if writer is not None:
                     writer.write_scalars(step, eval_metrics)
-                writers.log(f"eval step {step}  {writers.format_scalars(_console(eval_metrics))}")
+                writers.log(f"eval step {step}  {writers.format_scalars(writers.console_metrics(eval_metrics))}")
             track_best = evaluated and bool(sel.key)
             if step % config.checkpoint_every == 0 or step == num_steps or track_best or preemption.requested:
                 checkpointing.save(mngr, step, state, eval_metrics if evaluated else None)
@@ -390,30 +390,3 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_ch
         with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
             json.dump(record, f, indent=1)
     return record
-
-
-def _console(metrics: dict[str, float]) -> dict[str, float]:
-    """The metrics worth a console line: retrieval, clustering, every R-AUROC and the primary rejection
-    recall; the per-score rejection recalls and the severity bins go to TensorBoard and metrics.jsonl."""
-
-    def keep(key: str) -> bool:
-        split, _, rest = key.partition("/")
-        name = rest if split in ("val", "test") else key
-        return "/" not in name or name.startswith("r_auroc/") or (
-            name.startswith("recall@1/reject") and name.count("/") == 1)
-
-    return {k: v for k, v in metrics.items() if keep(k)}
-
-
-def final_line(record: dict[str, Any]) -> str:
-    """The run's closing console lines, naming the split and step of every number: 'final test@<step>'
-    (the last step) and, when the run selects, 'selected test@<step> by <split/metric>=<value>'."""
-
-    def pairs(metrics: dict[str, Any]) -> str:
-        return "  ".join(f"{k}={v:.4f}" for k, v in _console(metrics).items() if isinstance(v, float))
-
-    line = f"final test@{record['step']}  {pairs(record)}"
-    if "selection" in record:
-        s = record["selection"]
-        line += f"\nselected test@{s['step']} by {s['metric']}={s['value']:.4f}  {pairs(record['selected'])}"
-    return line

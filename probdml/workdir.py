@@ -38,6 +38,7 @@ from typing import Any
 
 from probdml.config_checks import flatten
 from probdml.errors import ConfigError
+from probdml.writers import final_line  # noqa: F401  (the closing line of a run, re-exported)
 
 SAFE_CHANGES = (
     "num_steps",

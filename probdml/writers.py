@@ -22,6 +22,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator
+from typing import Any
 
 WARNINGS_LOG = "warnings.log"
 # A warning longer than this (characters, or more than one line) is summarised on the console.
@@ -173,3 +174,30 @@ def quiet_dataset_preparation(name: str, data_dir: str, embedded: bool) -> Itera
     if embedded and captured.getvalue().strip():
         log(f"prepared the {name} dataset in {data_dir} ({time.perf_counter() - start:.0f} s, once; later runs "
             "reuse it)")
+
+
+def console_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """The metrics worth a console line: retrieval, clustering, every R-AUROC and the primary rejection
+    recall; the per-score rejection recalls and the severity bins go to TensorBoard and metrics.jsonl."""
+
+    def keep(key: str) -> bool:
+        split, _, rest = key.partition("/")
+        name = rest if split in ("val", "test") else key
+        return "/" not in name or name.startswith("r_auroc/") or (
+            name.startswith("recall@1/reject") and name.count("/") == 1)
+
+    return {k: v for k, v in metrics.items() if keep(k)}
+
+
+def final_line(record: dict[str, Any]) -> str:
+    """The run's closing console lines, naming the split and step of every number: 'final test@<step>'
+    (the last step) and, when the run selects, 'selected test@<step> by <split/metric>=<value>'."""
+
+    def pairs(metrics: dict[str, Any]) -> str:
+        return "  ".join(f"{k}={v:.4f}" for k, v in console_metrics(metrics).items() if isinstance(v, float))
+
+    line = f"final test@{record['step']}  {pairs(record)}"
+    if "selection" in record:
+        s = record["selection"]
+        line += f"\nselected test@{s['step']} by {s['metric']}={s['value']:.4f}  {pairs(record['selected'])}"
+    return line

@@ -116,7 +116,7 @@ def test_unknown_field_lists_the_valid_ones_with_a_suggestion():
     assert "valid fields: embed_dim, hidden, name, widths" in message
     assert "did you mean 'model.embed_dim'?" in message
     assert config_checks.unknown_field_message(config, "model.embed_dim") is None
-    assert "the config has no field 'foo'; valid fields: checkpoint_best_metric" in (
+    assert "the config has no field 'foo'; valid fields: checkpoint_every" in (
         config_checks.unknown_field_message(config, "foo"))
 
 

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from probdml import checkpointing, train, workdir
+from probdml import checkpointing, workdir
 from probdml.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -139,7 +139,7 @@ def test_second_process_is_refused_while_the_first_finishes(reference):
     (line,) = _error_lines(second.stderr)
     assert f"is in use by pid {reference.pid}" in line
     assert reference.second_seconds < 60
-    assert reference.stdout.rstrip().endswith(train.final_line(reference.metrics))
+    assert reference.stdout.rstrip().endswith(workdir.final_line(reference.metrics))
     assert reference.metrics["step"] == NUM_STEPS
     steps = _metric_steps(reference.work)
     assert {s for s, kind in steps if kind == "train"} == set(range(5, NUM_STEPS + 1, 5))
@@ -155,7 +155,7 @@ def test_finished_rerun_changes_nothing_and_drift_is_refused(reference):
     again = _run(work, reference.data_dir)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "finished" in again.stdout
-    assert again.stdout.rstrip().endswith(train.final_line(reference.metrics))
+    assert again.stdout.rstrip().endswith(workdir.final_line(reference.metrics))
 
     drift = _run(work, reference.data_dir, "--config.optim.learning_rate=0.01")
     assert drift.returncode == 2, drift.stderr[-2000:]
@@ -204,7 +204,7 @@ def _resume_and_check(work, reference, damaged_step):
     assert _event_steps(work) == _event_steps(reference.work)
     third = _run(work, reference.data_dir)
     assert third.returncode == 0 and "finished" in third.stdout, third.stderr[-2000:]
-    assert third.stdout.rstrip().endswith(train.final_line(reference.metrics))
+    assert third.stdout.rstrip().endswith(workdir.final_line(reference.metrics))
 
 
 def test_sigkill_then_truncated_checkpoint_resumes_to_the_reference(reference, tmp_path):
