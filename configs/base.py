@@ -13,7 +13,14 @@ def get_config(num_steps: int, eval_every: int, log_every: int) -> ml_collection
     config.eval_every = eval_every
     config.checkpoint_every = eval_every
     config.keep_checkpoints = 3
-    config.checkpoint_best_metric = "test/recall@1"  # also keep the best checkpoint by this metric ('' = off)
+
+    # Model selection (probdml.train.Selection): 'val' trains on the 'train_sub' classes, evaluates the held-out
+    # training classes ('val') every eval_every steps and also reports the test metrics of the checkpoint with
+    # the best val/<metric>; '' reports the final step only; 'test' is the official codes' best-on-test
+    # protocol (biased upwards, for reproducing papers only).
+    config.selection = ml_collections.ConfigDict()
+    config.selection.split = "val"
+    config.selection.metric = "recall@1"
     config.num_devices = 0  # data-parallel over this many devices (0 = all)
 
     config.distributed = ml_collections.ConfigDict()

@@ -20,6 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict()
     config.data.name = "glyphs"
     config.data.data_dir = ""  # '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
+    config.data.builder_config = ""  # '' = default; 'ambiguous': configs/glyphs_ambiguous.py
     config.data.batch_size = 128
     config.data.sampler = "random"  # or 'm_per_class' (slower to leave the loss plateau here)
     config.data.samples_per_class = 4

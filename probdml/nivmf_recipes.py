@@ -113,7 +113,10 @@ def _base(dataset: str, dim: int, batch_size: int, epochs: int, milestones, gamm
     config.eval_every = steps_per_epoch
     config.checkpoint_every = steps_per_epoch
     config.keep_checkpoints = 2
-    config.checkpoint_best_metric = "test/recall@1"
+    # train on 'train_sub', select on 'val' (held-out training classes); the official codes' best-on-test
+    # reporting is --config.selection.split=test, and training on every training class with the final step
+    # reported is --config.selection.split='' (see probdml.train.Selection)
+    config.selection = ml_collections.ConfigDict({"split": "val", "metric": "recall@1"})
     config.num_devices = 0
     config.distributed = ml_collections.ConfigDict(
         dict(enabled=False, coordinator_address="", num_processes=1, process_id=0))

@@ -23,6 +23,7 @@ Proxies are certain: they carry no 'uncertainty', which the introspective metric
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from typing import NamedTuple
@@ -87,7 +88,39 @@ LOSS_DEFAULTS: dict[str, dict] = {
     "fast_ap": {"num_bins": 10, "histogram_max": 4.0, "distance_power": 2.0},
 }
 
-PROXY_LOSSES = ("proxy_anchor", "proxy_nca", "proxy_nca_pp", "normalized_softmax", "arcface", "soft_triple")
+# Catalogue losses built from probdml.losses.LOSS_REGISTRY: their hyper-parameters are the array function's
+# keyword defaults (pytorch-metric-learning's); inputs the objective supplies are not options.
+GENERIC_PROXY_LOSSES = ("cos_face", "large_margin_softmax", "sphere_face", "sub_center_arc_face", "p2s_grad")
+GENERIC_PAIR_LOSSES = (
+    "circle", "sup_con", "nt_xent", "lifted_structure", "generalized_lifted_structure", "tuplet_margin",
+    "intra_pair_variance", "nca", "signal_to_noise_ratio_contrastive", "angular", "instance", "smooth_ap", "pnp",
+    "histogram", "threshold_consistent_margin", "ranked_list",
+)
+# Label-free losses of the registry that the supervised trainer cannot feed (two views per image; random
+# meta-classes): they exist as array functions only.
+LABEL_FREE_LOSSES = {
+    "vic_reg": "it compares two augmented views of each image, and the trainer feeds one",
+    "manifold": "it is label-free (random meta-class proxies), and the trainer optimises labelled retrieval",
+}
+_SUPPLIED = ("sample_mask", "pos_mask", "neg_mask", "magnitudes", "embedding_norms")
+
+
+def _keyword_defaults(fn: Callable) -> dict:
+    return {k: p.default for k, p in inspect.signature(fn).parameters.items()
+            if p.kind is p.KEYWORD_ONLY and k not in _SUPPLIED}
+
+
+def _takes_pair_masks(name: str) -> bool:
+    return "pos_mask" in inspect.signature(losses.LOSS_REGISTRY[name].fn).parameters
+
+
+LOSS_DEFAULTS.update({name: _keyword_defaults(losses.LOSS_REGISTRY[name].fn)
+                      for name in GENERIC_PROXY_LOSSES + GENERIC_PAIR_LOSSES})
+
+PROXY_LOSSES = ("proxy_anchor", "proxy_nca", "proxy_nca_pp", "normalized_softmax", "arcface", "soft_triple",
+                *GENERIC_PROXY_LOSSES)
+# Losses with several proxies per class (column c*K + k): no warm start.
+MULTI_CENTER = {"soft_triple": "centers_per_class", "sub_center_arc_face": "sub_centers"}
 
 # Concentration options of the vMF proxies (used only by similarities that read 'kappa' / 'kappas').
 # Their directions are stored unnormalised (used through v/|v|) with initial norm proxy_concentration,
@@ -115,6 +148,7 @@ LOSS_MINERS = {
     "margin": ("none",) + TRIPLET_MINERS,
     "contrastive": ("none",) + PAIR_MINERS,
     "multi_similarity": ("none",) + PAIR_MINERS,
+    **{name: ("none",) + PAIR_MINERS for name in GENERIC_PAIR_LOSSES if _takes_pair_masks(name)},
 }
 DEFAULT_MINER = {"triplet": "semihard", "margin": "distance_weighted", "multi_similarity": "multi_similarity"}
 
@@ -173,19 +207,15 @@ def _proxy_objective(cfg: ml_collections.ConfigDict, num_classes: int, embed_dim
     kappa_opts = _options(cfg, PROXY_KAPPA_DEFAULTS) if kappa_kind else {}
     common = _options(cfg, PROXY_COMMON_DEFAULTS)
     allowed = set(_COMMON_KEYS) | set(hp) | set(kappa_opts) | set(common)
-    if common["warm_start"] and name == "soft_triple":
-        raise ConfigError("warm_start is not defined for soft_triple (several centres per class)")
+    if common["warm_start"] and name in MULTI_CENTER:
+        raise ConfigError(f"warm_start is not defined for {name} (several centres per class)")
     _check_keys(cfg, allowed)
     if cfg.get("miner", "none") != "none":
         raise ConfigError(f"loss {name!r} takes no miner (miner='none'), got {cfg.miner!r}")
     if kappa_kind and kappa_opts["kappa_param"] not in KAPPA_PARAMS:
         raise unknown_choice("kappa_param", kappa_opts["kappa_param"], KAPPA_PARAMS)
-    if name == "arcface" and sim_name not in similarity.BOUNDED_SIMILARITIES:
-        raise ConfigError(
-            f"arcface needs a similarity in [-1, 1]; {sim_name!r} is not one of "
-            f"{', '.join(sorted(similarity.BOUNDED_SIMILARITIES))}"
-        )
-    k_per_class = int(hp["centers_per_class"]) if name == "soft_triple" else 1
+    _check_bounded(name, sim_name)
+    k_per_class = int(hp[MULTI_CENTER[name]]) if name in MULTI_CENTER else 1
     if name == "proxy_nca_pp" and hp["guidance_positives"] not in GUIDANCE_POSITIVES:
         raise unknown_choice("guidance_positives", hp["guidance_positives"], GUIDANCE_POSITIVES)
     if name == "proxy_nca_pp" and not 0 < hp["subsample"] <= 1:
@@ -204,7 +234,7 @@ def _proxy_objective(cfg: ml_collections.ConfigDict, num_classes: int, embed_dim
         elif name == "soft_triple":
             proxies = kaiming_uniform_sqrt5(k_proxy, num_classes * k_per_class, embed_dim)
         else:
-            proxies = standard_normal(k_proxy, num_classes, embed_dim)
+            proxies = standard_normal(k_proxy, num_classes * k_per_class, embed_dim)
         params = {"proxies": proxies}
         if kappa_kind:
             raw = _kappa_init(float(kappa_opts["proxy_concentration"]), kappa_opts["kappa_param"],
@@ -250,9 +280,17 @@ def _proxy_objective(cfg: ml_collections.ConfigDict, num_classes: int, embed_dim
             loss = losses.normalized_softmax(sim, labels, temperature=hp["temperature"])
         elif name == "arcface":
             loss = losses.arcface(sim, labels, margin=hp["margin"], scale=hp["scale"])
-        else:
+        elif name == "soft_triple":
             loss = losses.soft_triple(sim, labels, centers_per_class=k_per_class, la=hp["la"],
                                       gamma=hp["gamma"], margin=hp["margin"])
+        else:
+            extra = {}
+            emb_norm = jnp.linalg.norm(outputs["embedding"], axis=-1)
+            if name == "large_margin_softmax":  # logits scaled by |w_c| |x_i|
+                extra["magnitudes"] = emb_norm[:, None] * jnp.linalg.norm(params["proxies"], axis=-1)[None, :]
+            elif name == "sphere_face":  # logits scaled by |x_i|
+                extra["embedding_norms"] = emb_norm
+            loss = losses.LOSS_REGISTRY[name].fn(sim, labels, **hp, **extra)
         return loss, aux
 
     def warm_start(params: dict, embeddings: Array, labels: Array) -> dict:
@@ -281,6 +319,11 @@ def _pair_objective(cfg: ml_collections.ConfigDict, num_classes: int, embed_dim:
         raise unknown_choice(f"miner for loss {name!r}", miner, valid_miners)
     miner_hp = _options(cfg, MINER_DEFAULTS.get(miner, {}))
     _check_keys(cfg, set(_COMMON_KEYS) | set(hp) | set(miner_hp))
+    if name in GENERIC_PAIR_LOSSES:
+        _check_bounded(name, cfg.get("similarity", "cosine"))
+    if name == "signal_to_noise_ratio_contrastive" and cfg.get("similarity", "cosine") != "cosine":
+        raise ConfigError("signal_to_noise_ratio_contrastive uses the SNR distance of the embeddings; "
+                          f"similarity must be 'cosine' (the default), got {cfg.similarity!r}")
     if miner_hp.get("miner_margin", 0) is None:
         miner_hp["miner_margin"] = hp["margin"]
     per_class = name == "margin" and hp["beta_per_class"]
@@ -333,9 +376,18 @@ def _pair_objective(cfg: ml_collections.ConfigDict, num_classes: int, embed_dim:
             aux["beta"] = jnp.mean(jnp.asarray(beta))
         elif name == "npair":
             loss = losses.npair(pair.similarity, labels)
-        else:
+        elif name == "fast_ap":
             loss = losses.fast_ap(pair.distance ** hp["distance_power"], labels, num_bins=int(hp["num_bins"]),
                                   histogram_max=hp["histogram_max"])
+        else:
+            spec = losses.LOSS_REGISTRY[name]
+            x = pair.similarity if spec.reads == "similarity" else pair.distance
+            if name == "signal_to_noise_ratio_contrastive":
+                x = losses.snr_distance(outputs["embedding"])
+            masks = {}
+            if _takes_pair_masks(name):
+                masks["pos_mask"], masks["neg_mask"] = pairs(pair, labels)
+            loss = spec.fn(x, labels, **hp, **masks)
         return loss, aux
 
     return Objective(init, apply)
@@ -344,6 +396,18 @@ def _pair_objective(cfg: ml_collections.ConfigDict, num_classes: int, embed_dim:
 LOSSES: dict[str, Callable[[ml_collections.ConfigDict, int, int], Objective]] = {
     name: (_proxy_objective if name in PROXY_LOSSES else _pair_objective) for name in LOSS_DEFAULTS
 }
+# The registry names (snake_case of the pytorch-metric-learning class) of losses that had other names here.
+LOSS_ALIASES = {canonical: old for old, canonical in losses.ALIASES.items()}
+LOSSES.update({canonical: LOSSES[old] for canonical, old in LOSS_ALIASES.items()})
+
+
+def _check_bounded(name: str, sim_name: str) -> None:
+    """Losses with angular margins or clipping need a cosine-like similarity in [-1, 1]."""
+    if losses.LOSS_REGISTRY[losses.canonical_name(name)].bounded and sim_name not in similarity.BOUNDED_SIMILARITIES:
+        raise ConfigError(
+            f"{name} needs a similarity in [-1, 1]; {sim_name!r} is not one of "
+            f"{', '.join(sorted(similarity.BOUNDED_SIMILARITIES))}"
+        )
 
 
 def _similarity(cfg: ml_collections.ConfigDict) -> Callable[..., similarity.Pairwise]:
@@ -354,6 +418,12 @@ def _similarity(cfg: ml_collections.ConfigDict) -> Callable[..., similarity.Pair
 
 def build_objective(loss_cfg: ml_collections.ConfigDict, num_classes: int, embed_dim: int) -> Objective:
     """The objective named by `loss_cfg.name` with the similarity `loss_cfg.similarity`."""
+    if loss_cfg.name in LABEL_FREE_LOSSES:
+        raise ConfigError(f"loss {loss_cfg.name!r} has no config objective: {LABEL_FREE_LOSSES[loss_cfg.name]} "
+                          f"(use probdml.losses.{loss_cfg.name})")
     if loss_cfg.name not in LOSSES:
         raise unknown_choice("loss", loss_cfg.name, LOSSES)
+    if loss_cfg.name in LOSS_ALIASES:
+        loss_cfg = ml_collections.ConfigDict(loss_cfg.to_dict())
+        loss_cfg.name = LOSS_ALIASES[loss_cfg.name]
     return LOSSES[loss_cfg.name](loss_cfg, num_classes, embed_dim)

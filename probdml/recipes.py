@@ -58,6 +58,7 @@ def imagenet_data_config(
     data.name = dataset
     data.data_dir = ""
     data.manual_dir = ""
+    data.download = True  # False: only the manual directory; a missing file fails at once
     data.batch_size = batch_size
     data.sampler = sampler
     data.samples_per_class = samples_per_class
@@ -108,7 +109,10 @@ def idml_retrieval_config(
     config.eval_every = eval_every_epochs * steps_per_epoch
     config.checkpoint_every = eval_every_epochs * steps_per_epoch
     config.keep_checkpoints = 2
-    config.checkpoint_best_metric = "test/recall@1"
+    # train on 'train_sub', select on 'val' (held-out training classes); the official codes' best-on-test
+    # reporting is --config.selection.split=test, and training on every training class with the final step
+    # reported is --config.selection.split='' (see probdml.train.Selection)
+    config.selection = ml_collections.ConfigDict({"split": "val", "metric": "recall@1"})
     config.num_devices = 0
     config.distributed = ml_collections.ConfigDict(
         dict(enabled=False, coordinator_address="", num_processes=1, process_id=0)

@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import flax
@@ -19,7 +19,8 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
-from probdml import checkpointing, data, evaluate, models, objective, optim, parallel, writers
+from probdml import checkpointing, config_checks, data, evaluate, models, objective, optim, parallel, writers
+from probdml import workdir as workdir_lib
 from probdml.errors import ConfigError, unknown_choice
 
 Array = jax.Array
@@ -160,11 +161,12 @@ def warm_start(setup: Setup, state: TrainState, apply_fn: Callable[[Array], dict
 
 
 def validate_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Fail early, with a one-line ConfigError, on names and paths that cannot work."""
+    """Fail early, with a one-line ConfigError, on values, names and paths that cannot work."""
+    config_checks.check_config(config)
     parent = os.path.dirname(os.path.abspath(workdir))
     if not os.path.isdir(parent):
         raise ConfigError(f"workdir parent directory does not exist: {parent}")
-    data.check_name(config.data.name)
+    data.check_builder_config(config.data)  # dataset name and builder config
     if config.data.sampler not in data.pipeline.SAMPLERS:
         raise unknown_choice("sampler", config.data.sampler, data.pipeline.SAMPLERS)
     if config.model.name not in models.MODELS:
@@ -176,42 +178,91 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str) -> None:
         raise unknown_choice("loss", config.loss.name, objective.LOSSES)
     optim.validate(config.optim)
     evaluate.knn_metric(config.eval.metric)
+    selection(config)
+
+
+SELECTION_SPLITS = ("", "val", "test")
+
+
+class Selection(NamedTuple):
+    """How a run picks the checkpoint it reports besides the final one (`config.selection`).
+
+    split '' : no selection, the final step only (datasets with too few training classes, e.g. digits);
+    split 'val': train on 'train_sub', evaluate the held-out training classes 'val' every `eval_every`
+      steps and keep the checkpoint with the highest `val/<metric>` (the default of the image benchmarks);
+    split 'test': the official codes' protocol, the best `test/<metric>` over evaluations; the test
+      split then chooses the reported step, which biases it upwards: only for reproducing papers.
+    """
+
+    split: str
+    metric: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.split}/{self.metric}" if self.split else ""
+
+    @property
+    def train_split(self) -> str:
+        return "train_sub" if self.split == "val" else "train"
+
+
+def selection(config: ml_collections.ConfigDict) -> Selection:
+    """`config.selection` checked: split in SELECTION_SPLITS, metric a key the evaluation writes."""
+    sel = config.get("selection") or ml_collections.ConfigDict({"split": "", "metric": "recall@1"})
+    split, metric = str(sel.get("split", "")), str(sel.get("metric", "recall@1"))
+    if split not in SELECTION_SPLITS:
+        raise ConfigError(f"unknown selection.split {split!r}; valid: '' (final step only), 'val', 'test'")
+    valid = [f"recall@{k}" for k in config.eval.ks] + ["precision@1", "r_precision", "map@r"]
+    if metric not in valid:
+        raise ConfigError(f"unknown selection.metric {metric!r}; valid: {', '.join(valid)}")
+    return Selection(split, metric)
 
 
 class _Preemption:
-    """SIGTERM as a step at which to checkpoint and exit, polled by the loop with `reached(step)`.
+    """SIGTERM and SIGINT (Ctrl-C) as a step at which to checkpoint and exit with 128 + the signal number
+    (143, 130), polled by the loop with `reached(step)`; a second SIGINT interrupts at once.
 
     One process: a Python handler sets a flag. N processes: JAX's preemption service (started by
     `jax.distributed.initialize`, listening for SIGTERM) passes a notice from any process to all and
     agrees on one step at which all of them stop (`multihost_utils.reached_preemption_sync_point`,
-    called at every step), so their checkpoint collectives match.
+    called at every step), so their checkpoint collectives match; SIGINT keeps Python's default there.
     """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self.signum = 0
+        self._previous = {}
         self._multi = jax.process_count() > 1
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
 
     def __enter__(self):
         def handler(signum, frame):
-            self.requested = True
+            if self.requested and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.requested, self.signum = True, signum
 
         if self._multi:
             return self
-        try:
-            self._previous = signal.signal(signal.SIGTERM, handler)
-        except ValueError:
-            self._previous = None
+        for signum in self.SIGNALS:
+            try:
+                self._previous[signum] = signal.signal(signum, handler)
+            except ValueError:  # not the main thread
+                pass
         return self
 
     def reached(self, step: int) -> bool:
-        if self._multi:
-            return multihost_utils.reached_preemption_sync_point(step)
+        if self._multi and multihost_utils.reached_preemption_sync_point(step):
+            self.requested, self.signum = True, signal.SIGTERM
         return self.requested
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
 
 def _progress(total: int, initial: int):
@@ -220,8 +271,12 @@ def _progress(total: int, initial: int):
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, disable=not sys.stderr.isatty())
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_changes: Sequence[str] = ()) -> dict[str, float]:
     """Train `config` in `workdir` (resuming from its latest checkpoint) and return the final metrics.
+
+    The workdir is one run (`probdml.workdir`): it is locked while in use, a config that differs from the
+    recorded one is refused unless every changed field is in `allow_changes` and safe to change, and a
+    finished run returns its recorded final metrics without training.
 
     Data parallel over `config.num_devices` devices (0 = all) with the global batch sharded along a
     1-D mesh. Process 0 writes the config (config.json), TensorBoard events and metrics.jsonl to <workdir> and the final
@@ -234,18 +289,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     parallel.check_batch_size(config.data.batch_size, mesh)
     parallel.check_batch_size(config.eval.batch_size, mesh, "eval batch size")
     lead = jax.process_index() == 0
-    os.makedirs(workdir, exist_ok=True)
-    if lead:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=1))
+    sel = selection(config)
+    run = workdir_lib.open_run(config, workdir, allow_changes, jax.process_index(), jax.process_count())
+    if run.finished is not None:
+        writers.log(f"finished: {workdir} holds a finished run of {config.num_steps} steps; nothing to do")
+        return run.finished
     parallel.lead_first(lambda: data.prepare(config.data), "prepare dataset")
-    train_ds = data.load_split(config.data, "train")
-    test_ds = data.load_split(config.data, "test")
+    train_ds = data.load_split(config.data, sel.train_split)
+    eval_sets = {"test": data.load_split(config.data, "test")}
+    if sel.split == "val":
+        eval_sets = {"val": data.load_split(config.data, "val"), **eval_sets}
+    test_ds = eval_sets["test"]
+    config_checks.check_data(config, train_ds, test_ds)
     setup = create_setup(config, mesh, train_ds.num_classes, train_ds.image_shape)
     model, state, train_step = setup.model, setup.state, setup.train_step
 
-    best_metric = config.get("checkpoint_best_metric", "")
-    mngr = checkpointing.manager(workdir, config.keep_checkpoints, best_metric)
+    mngr = checkpointing.manager(workdir, config.keep_checkpoints, sel.key)
     restored = checkpointing.restore_latest(mngr, state)
     if restored is not None:
         state = restored
@@ -261,17 +320,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         state = warm_start(setup, state, lambda x: apply_eval(state.params["model"], state.batch_stats, x),
                            config, train_ds, mesh)
 
-    def run_eval(state: TrainState) -> dict[str, float]:
+    vmf = evaluate.vmf_embedding(config)
+
+    def run_eval(state: TrainState, split: str) -> dict[str, float]:
+        ds = eval_sets[split]
         outputs = evaluate.embed(
             lambda x: apply_eval(state.params["model"], state.batch_stats, x),
             config.data,
-            test_ds,
+            ds,
             config.eval.batch_size,
             mesh,
         )
-        return evaluate.evaluate_outputs(outputs, test_ds.labels, config.eval, mesh)
+        return evaluate.evaluate_outputs(outputs, ds.labels, config.eval, mesh, vmf=vmf,
+                                         severity=getattr(ds, "severity", None))
 
-    writer = writers.MetricWriter(workdir) if lead else None
+    run.record()
+    writer = writers.MetricWriter(workdir, resume_step=start) if lead else None
     batches = data.pipeline.train_batches(
         config.data, train_ds, config.seed, start, jax.process_index(), jax.process_count()
     )
@@ -301,32 +365,47 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 writers.log(f"step {step}/{num_steps}  {writers.format_scalars(scalars)}  {rate:.1f} steps/s  ETA {eta:.0f}s")
             evaluated = step % config.eval_every == 0 or step == num_steps
             if evaluated:
-                eval_metrics = run_eval(state)
+                during = sel.split or "test"  # with val selection the test split waits for the end
+                eval_metrics = {f"{during}/{k}": v for k, v in run_eval(state, during).items()}
                 if writer is not None:
-                    writer.write_scalars(step, {f"test/{k}": v for k, v in eval_metrics.items()})
-                writers.log(f"eval step {step}  {writers.format_scalars(eval_metrics)}")
-            track_best = evaluated and bool(best_metric)
+                    writer.write_scalars(step, eval_metrics)
+                writers.log(f"eval step {step}  {writers.format_scalars(writers.console_metrics(eval_metrics))}")
+            track_best = evaluated and bool(sel.key)
             preempted = preemption.reached(step)
             if step % config.checkpoint_every == 0 or step == num_steps or track_best or preempted:
-                ckpt_metrics = {f"test/{k}": v for k, v in eval_metrics.items()} if evaluated else None
-                checkpointing.save(mngr, step, state, ckpt_metrics)
+                checkpointing.save(mngr, step, state, eval_metrics if evaluated else None)
             if preempted:
                 mngr.wait_until_finished()
                 if bar is not None:
                     bar.close()
                 if writer is not None:
                     writer.close()
-                writers.log(f"SIGTERM: saved a checkpoint at step {step}; rerun the same command to resume")
-                raise SystemExit(143)
+                writers.log(f"{preemption.name}: saved a checkpoint at step {step}; rerun the same command to resume")
+                raise SystemExit(128 + preemption.signum)
     if bar is not None:
         bar.close()
     mngr.wait_until_finished()
+    final_step = int(state.step)
+    if eval_metrics and sel.split != "val":  # the last step's test evaluation
+        final = {k.removeprefix("test/"): v for k, v in eval_metrics.items()}
+    else:
+        final = run_eval(state, "test")
+    record: dict[str, Any] = {"step": final_step, "split": "test", **final}
+    if sel.split:
+        best = mngr.best_step()
+        if best is None:
+            raise RuntimeError(f"no checkpoint carries {sel.key}; was the run evaluated (eval_every)?")
+        best_state = state if best == final_step else checkpointing.restore_step(mngr, best, state)
+        picked = final if best == final_step else run_eval(best_state, "test")
+        value = checkpointing.step_metrics(mngr, best)[sel.key]
+        record["selection"] = {"split": sel.split, "metric": sel.key, "step": int(best), "value": value}
+        record["selected"] = picked
     mngr.close()
-    if not eval_metrics:
-        eval_metrics = run_eval(state)
     if writer is not None:
+        writer.write_scalars(final_step, {f"test/{k}": v for k, v in final.items()})
+        if sel.split:
+            writer.write_scalars(final_step, {f"test@selected/{k}": v for k, v in record["selected"].items()})
         writer.close()
         with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
-            json.dump({"step": int(state.step), **eval_metrics}, f, indent=1)
-    return eval_metrics
-
+            json.dump(record, f, indent=1)
+    return record

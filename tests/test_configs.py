@@ -52,7 +52,7 @@ def test_proxy_anchor_config_follows_the_official_recipe(
     for epoch in (0, step_epochs - 1, step_epochs, 2 * step_epochs + 1, 59):
         for step in (epoch * spe, (epoch + 1) * spe - 1):  # torch StepLR stepped once per epoch
             np.testing.assert_allclose(schedule(step), lr * gamma ** (epoch // step_epochs), rtol=1e-6)
-    assert config.checkpoint_best_metric == "test/recall@1"
+    assert (config.selection.split, config.selection.metric) == ("val", "recall@1")
     assert config.eval.ks == ((1, 10, 100, 1000) if name == "sop" else (1, 2, 4, 8))
 
 
@@ -81,7 +81,8 @@ def test_unknown_recipe_is_named():
 
 
 EMBEDDED = [("digits", ""), ("digits", "_idml"), ("digits", "_nivmf"),
-            ("glyphs", ""), ("glyphs", "_idml"), ("glyphs", "_nivmf")]
+            ("glyphs", ""), ("glyphs", "_idml"), ("glyphs", "_nivmf"),
+            ("glyphs_ambiguous", ""), ("glyphs_ambiguous", "_idml"), ("glyphs_ambiguous", "_nivmf")]
 
 
 @pytest.mark.parametrize("dataset,method", EMBEDDED)
@@ -90,6 +91,7 @@ def test_embedded_configs_build_model_loss_and_optimizer(tmp_path, dataset, meth
     train.validate_config(config, str(tmp_path / "w"))
     model = models.build_model(config.model)
     size = 8 if dataset == "digits" else 32
+    assert config.data.get("builder_config", "") == ("ambiguous" if dataset == "glyphs_ambiguous" else "")
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 1))))
     obj = objective.build_objective(config.loss, 5, config.model.embed_dim)
     params = {"model": variables["params"], "loss": jax.eval_shape(obj.init, jax.random.key(0))}
@@ -99,7 +101,7 @@ def test_embedded_configs_build_model_loss_and_optimizer(tmp_path, dataset, meth
     assert ("uncertainty" in out) == (method == "_idml")
 
 
-@pytest.mark.parametrize("dataset", ["digits", "glyphs"])
+@pytest.mark.parametrize("dataset", ["digits", "glyphs", "glyphs_ambiguous"])
 def test_embedded_methods_share_data_network_and_budget(dataset):
     """benchmarks/methods.py compares the three methods under one budget: same data, batch, steps,
     schedule and backbone; only the heads, the loss and Mixup differ."""
@@ -113,6 +115,15 @@ def test_embedded_methods_share_data_network_and_budget(dataset):
             if key in base.model:
                 assert other.model[key] == base.model[key], key
     assert idml.mixup.enabled and not base.get("mixup", {}).get("enabled", False)
+
+
+@pytest.mark.parametrize("method", ["", "_idml", "_nivmf"])
+def test_ambiguous_glyphs_configs_differ_from_glyphs_only_in_the_builder_config(method):
+    base = importlib.import_module(f"configs.glyphs{method}").get_config()
+    config = importlib.import_module(f"configs.glyphs_ambiguous{method}").get_config()
+    assert base.data.builder_config == "" and config.data.builder_config == "ambiguous"
+    config.data.builder_config = ""
+    assert config.to_dict() == base.to_dict()
 
 
 def test_glyphs_schedule_follows_the_number_of_steps():

@@ -44,6 +44,9 @@ URLS = {
 }
 
 
+REAL_UNREACHABLE = manual.unreachable
+
+
 class FakeServer:
     """Stands in for the network in `tfds.download.DownloadManager.download`: serves the files of
     `files` ({url: path}), raises TFDS's DownloadError (HTTP 404) for any other URL, and records
@@ -62,9 +65,11 @@ class FakeServer:
 
 @pytest.fixture(autouse=True)
 def server(monkeypatch) -> FakeServer:
-    """No test reaches the network: every TFDS download goes to a FakeServer (empty unless filled)."""
+    """No test reaches the network: every TFDS download goes to a FakeServer (empty unless filled), whose
+    hosts are all reachable."""
     fake = FakeServer()
     monkeypatch.setattr(tfds.download.DownloadManager, "download", fake.download)
+    monkeypatch.setattr(manual, "unreachable", lambda url, timeout=5.0: None)
     return fake
 
 
@@ -378,3 +383,28 @@ def test_pipeline_on_a_prepared_dataset(prepared):
     assert [e["valid"] for e in evals] == [4, 3]  # 7 test images
     assert all(e["image"].shape == (4, 32, 32, 3) for e in evals)
     assert np.all(evals[-1]["image"][3] == 0)
+
+
+@pytest.mark.parametrize("download", [True, False])
+def test_offline_fails_within_seconds_with_the_same_message(tmp_path, server, monkeypatch, download):
+    """An unreachable host (a closed local port) or data.download=False: the one-line error at once, no
+    download attempted (TFDS alone retries for minutes)."""
+    import time
+
+    monkeypatch.setattr(manual, "unreachable", REAL_UNREACHABLE)
+    from probdml.data import cub200
+
+    url = "http://127.0.0.1:9/CUB_200_2011.tgz"
+    monkeypatch.setattr(cub200, "ARTIFACTS", (manual.Artifact(cub200.ARTIFACTS[0].names, url),))
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError) as info:
+        data.load_split(_cfg("cub200", tmp_path, download=download), "train")
+    assert time.perf_counter() - t0 < 30
+    message = str(info.value)
+    assert f"not found in the TFDS manual directory {tmp_path / 'manual'}, and the download from {url} failed" in message
+    if download:
+        assert "(ConnectionError: unreachable: cannot connect to 127.0.0.1:9" in message
+    else:
+        assert "(DownloadDisabledError: downloads are disabled by data.download=False)" in message
+    assert server.requested == []
+    assert REAL_UNREACHABLE("file:///tmp/x.tgz") is None

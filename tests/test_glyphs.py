@@ -1,6 +1,7 @@
 """The glyphs TFDS builder: class rule, split, determinism and augmentation (the `tiny` config)."""
 
 import dataclasses
+import functools
 import os
 import unicodedata
 
@@ -20,7 +21,9 @@ def _build(path):
     return builder
 
 
+@functools.lru_cache(maxsize=None)
 def _arrays(builder, split):
+    """Every example of `split` in index order (cached: read once per builder and split)."""
     ds = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, shuffle_files=False))
     order = np.argsort(ds["index"])
     return {k: v[order] for k, v in ds.items()}
@@ -196,3 +199,139 @@ def test_split_options_and_errors():
 def test_registered_as_a_dataset():
     assert "glyphs" in data.DATASET_NAMES
     assert data._builders()["glyphs"] is glyphs.Glyphs
+
+
+# --- The ambiguous configs: a recorded degradation severity per image --------------------------
+
+
+@pytest.fixture(scope="module")
+def ambiguous_builds(tmp_path_factory):
+    """tiny_ambiguous built twice, in two data directories."""
+    def build(path):
+        builder = glyphs.Glyphs(config="tiny_ambiguous", data_dir=str(path))
+        builder.download_and_prepare()
+        return builder
+
+    return build(tmp_path_factory.mktemp("amb_a")), build(tmp_path_factory.mktemp("amb_b"))
+
+
+def test_ambiguous_builds_are_deterministic_and_only_they_record_severity(ambiguous_builds, tiny_builds):
+    a, b = ambiguous_builds
+    for split in ("train", "test"):
+        x, y = _arrays(a, split), _arrays(b, split)
+        assert set(x) == {"image", "label", "codepoint", "typeface", "index", "severity"}
+        assert x["severity"].dtype == np.float32
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key])
+    files = sorted(f for f in os.listdir(a.data_dir) if ".tfrecord" in f)
+    assert files == sorted(f for f in os.listdir(b.data_dir) if ".tfrecord" in f) and len(files) == 2
+    for f in files:
+        with open(os.path.join(a.data_dir, f), "rb") as fa, open(os.path.join(b.data_dir, f), "rb") as fb:
+            assert fa.read() == fb.read(), f
+    assert "severity" not in tiny_builds[0].info.features  # the default configs' features are unchanged
+
+
+def test_ambiguous_severity_is_the_documented_uniform_draw(ambiguous_builds):
+    ex = {k: np.concatenate([_arrays(ambiguous_builds[0], s)[k] for s in ("train", "test")]) for k in ("severity", "codepoint", "typeface")}
+    s = ex["severity"]
+    assert len(s) == 12 * NUM_TYPEFACES and np.all((s >= 0) & (s <= 1))
+    # rng([seed 0, code point, typeface, stream 1]): s ~ U[0, 1) first, rounded to float32.
+    expected = [np.float32(np.random.default_rng([0, int(cp), int(f), 1]).uniform()) for cp, f in zip(ex["codepoint"], ex["typeface"])]
+    np.testing.assert_array_equal(s, expected)
+    counts = np.histogram(s, bins=5, range=(0, 1))[0]
+    assert np.all(counts >= 0.6 * len(s) / 5), counts  # every quintile of [0, 1] is populated
+    from scipy import stats
+
+    assert stats.kstest(s, "uniform").pvalue > 0.01
+
+
+def test_ambiguous_split_is_the_class_disjoint_split_of_tiny(ambiguous_builds, tiny_builds):
+    for split in ("train", "test"):
+        amb, clean = _arrays(ambiguous_builds[0], split), _arrays(tiny_builds[0], split)
+        for key in ("label", "codepoint", "typeface", "index"):
+            np.testing.assert_array_equal(amb[key], clean[key])
+    assert not set(_arrays(ambiguous_builds[0], "train")["label"]) & set(_arrays(ambiguous_builds[0], "test")["label"])
+
+
+def test_degradation_removes_the_character_as_severity_grows(ambiguous_builds, tiny_builds):
+    """Against the default config's image of the same index (same augmentation, same noise): the
+    character's contrast, mean over its ink (clean > 1/2 max) minus mean over its background
+    (clean < 1/10 max), relative to the clean image's, falls with s to nothing near s = 1."""
+    amb = {k: np.concatenate([_arrays(ambiguous_builds[0], s)[k] for s in ("train", "test")]) for k in ("image", "severity")}
+    clean = np.concatenate([_arrays(tiny_builds[0], s)["image"] for s in ("train", "test")])
+    x, c, s = amb["image"][..., 0] / 255.0, clean[..., 0] / 255.0, amb["severity"].astype(np.float64)
+
+    def contrast(images):
+        top = c.max(axis=(1, 2), keepdims=True)
+        ink, background = c > 0.5 * top, c < 0.1 * top
+        return np.array([im[i].mean() - im[b].mean() for im, i, b in zip(images, ink, background)])
+
+    kept = contrast(x) / contrast(c)
+    from scipy import stats
+
+    assert stats.spearmanr(s, kept).statistic < -0.9
+    quintile = np.minimum((s * 5).astype(int), 4)
+    means = [kept[quintile == q].mean() for q in range(5)]
+    assert np.all(np.diff(means) < 0) and means[0] > 0.6 and means[4] < 0.1, means
+    assert np.sum(s < 0.05) >= 3 and np.all(kept[s < 0.05] > 0.5)
+    assert np.sum(s > 0.95) >= 3 and np.all(np.abs(kept[s > 0.95]) < 0.1)
+
+
+def test_zero_severity_leaves_the_augmented_image_byte_for_byte():
+    masters = glyphs.render([ord("R"), ord("g")], glyphs.font_paths()[8], 128)
+    rngs = lambda: [np.random.default_rng([0, 82, 8]), np.random.default_rng([0, 103, 8])]
+    plain = glyphs.augment(masters, 3, 32, rngs())
+    zero = {"severity": np.zeros((2, 3)), "angle": np.random.default_rng(1).uniform(0, 6.3, (2, 3))}
+    np.testing.assert_array_equal(glyphs.augment(masters, 3, 32, rngs(), degradation=zero), plain)
+    full = dict(zero, severity=np.ones((2, 3)))
+    gone = glyphs.augment(masters, 3, 32, rngs(), degradation=full, model=glyphs.Degradation(max_contrast_loss=0.0))
+    noise_only = glyphs.augment(np.zeros_like(masters), 3, 32, rngs())  # same draws, no ink
+    np.testing.assert_array_equal(gone, noise_only)
+    with pytest.raises(ValueError, match="severities in"):
+        glyphs.augment(masters, 3, 32, rngs(), degradation=dict(zero, severity=np.full((2, 3), 1.5)))
+
+
+def test_occlusion_hides_the_ink_first_swept_hand_worked():
+    bar = np.zeros((1, 32, 32))
+    bar[0, 10:14, 4:24] = 1.0  # 4 rows x 20 columns of ink, 80 in total
+    left = glyphs._occlude(bar, np.array([0.25]), np.array([0.0]))[0]  # sweep along +column
+    expected = bar[0].copy()
+    expected[:, 4:9] = 0.0  # the first 20 of ink: columns 4..8
+    np.testing.assert_array_equal(left, expected)
+    right = glyphs._occlude(bar, np.array([0.5]), np.array([np.pi]))[0]  # along -column: 14..23 go
+    expected = bar[0].copy()
+    expected[:, 14:24] = 0.0
+    np.testing.assert_array_equal(right, expected)
+    np.testing.assert_array_equal(glyphs._occlude(bar, np.array([1.0]), np.array([2.0])), 0.0)
+
+
+def test_resolution_loss_hand_worked():
+    r = glyphs._resolution_matrices(np.array([1.0, 2.0]), 4)
+    np.testing.assert_array_equal(r[0], np.eye(4))
+    # m = 2 cells of 2 pixels; pixel centres at cell coordinates -1/4, 1/4, 3/4, 5/4 (edges clamped).
+    down = np.array([[0.5, 0.5, 0, 0], [0, 0, 0.5, 0.5]])
+    up = np.array([[1, 0], [0.75, 0.25], [0.25, 0.75], [0, 1]])
+    np.testing.assert_allclose(r[1], up @ down, atol=1e-15)
+
+
+def test_load_split_carries_the_severity_and_checks_the_builder_config(ambiguous_builds, tiny_builds):
+    import ml_collections
+
+    from probdml.errors import ConfigError
+
+    cfg = lambda builder, name: ml_collections.ConfigDict(
+        {"name": "glyphs", "builder_config": name, "data_dir": os.path.dirname(os.path.dirname(os.path.dirname(builder.data_dir)))}
+    )
+    amb = cfg(ambiguous_builds[0], "tiny_ambiguous")
+    train = data.load_split(amb, "train")
+    expected = _arrays(ambiguous_builds[0], "train")
+    np.testing.assert_array_equal(train.severity, expected["severity"])
+    np.testing.assert_array_equal(train.images, expected["image"])
+    sub, val = data.load_split(amb, "train_sub"), data.load_split(amb, "val")
+    assert len(sub) + len(val) == len(train) and sub.severity.shape == (len(sub),)
+    np.testing.assert_array_equal(np.sort(np.concatenate([sub.severity, val.severity])), np.sort(train.severity))
+    assert data.load_split(cfg(tiny_builds[0], "tiny"), "test").severity is None
+    with pytest.raises(ConfigError, match="unknown builder config of glyphs 'ambigous'; valid choices: ambiguous, default"):
+        data.load_split(cfg(tiny_builds[0], "ambigous"), "train")
+    with pytest.raises(ConfigError, match="dataset 'digits' has no builder configs"):
+        data.check_builder_config(ml_collections.ConfigDict({"name": "digits", "builder_config": "tiny"}))

@@ -250,7 +250,7 @@ def digits_idml_run(digits_data_dir, tmp_path_factory):
         [sys.executable, "-m", "probdml.main", "--config=configs/digits_idml.py", f"--workdir={workdir}",
          f"--config.data.data_dir={digits_data_dir}", "--config.num_steps=100", "--config.eval_every=100",
          "--config.checkpoint_every=100", "--config.log_every=50", "--config.eval.clustering=False",
-         "--config.checkpoint_best_metric="],
+         "--config.selection.split="],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -270,6 +270,10 @@ def test_gradient_analysis_cli_on_a_digits_run(digits_idml_run):
     with open(out / "analysis.json") as f:
         result = json.load(f)
     assert result["step"] == 100 and result["references"] == "proxies"
+    with open(digits_idml_run / "final_metrics.json") as f:
+        final = json.load(f)
+    for key in ("r_auroc/model", "r_auroc/nn_similarity", "r_auroc/norm", "recall@1/reject20"):
+        assert result["test_uncertainty"][key] == pytest.approx(final[key], abs=5e-3)  # same step, re-embedded
     assert result["mean_uncertainty"]["mixed"] > result["mean_uncertainty"]["clean"] > 0
     curve = result["uncertainty_vs_lambda"]["mean_uncertainty"]
     assert curve[5] > max(curve[0], curve[-1])  # lam = 0.5 above both clean ends
@@ -280,3 +284,32 @@ def test_gradient_analysis_cli_on_a_digits_run(digits_idml_run):
     assert all(v["max_rel_grad_diff"] <= 1e-10 for v in result["analytic_checks"]["zero_uncertainty_gradient_equivalence"].values())
     for png in ("h_surface.png", "gradient_scales.png", "uncertainty_vs_lambda.png", "recall_by_uncertainty.png"):
         assert (out / png).stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_digits_idml_run_reports_r_auroc_of_its_uncertainty(digits_idml_run):
+    """final_metrics.json carries R-AUROC of ||u||^2, of the nearest-neighbour similarity and of the norm, equal
+    to sklearn's AUROC on the restored checkpoint's test embeddings with a brute-force leave-one-out 1-NN."""
+    from sklearn.metrics import roc_auc_score
+
+    from probdml import evaluate
+
+    with open(digits_idml_run / "final_metrics.json") as f:
+        record = json.load(f)
+    assert record["step"] == 100 and record["split"] == "test" and "selection" not in record
+    config = gradients.read_run_config(str(digits_idml_run))
+    setup, state, _, test_ds = gradients.load_run(config, str(digits_idml_run))
+    out = evaluate.embed(lambda x: setup.model.apply({"params": state.params["model"]}, x, train=False),
+                         config.data, test_ds, 512)
+    e = out["embedding"].astype(np.float64)
+    cos = (e / np.linalg.norm(e, axis=1, keepdims=True)) @ (e / np.linalg.norm(e, axis=1, keepdims=True)).T
+    np.fill_diagonal(cos, -np.inf)
+    nn = np.argmax(cos, axis=1)
+    wrong = test_ds.labels[nn] != test_ds.labels
+    u2 = np.sum(out["uncertainty"].astype(np.float64) ** 2, axis=1)
+    assert record["recall@1"] == pytest.approx(1.0 - wrong.mean(), abs=2e-3)  # float32 near-ties may flip
+    assert record["r_auroc/model"] == pytest.approx(roc_auc_score(wrong, u2), abs=5e-3)
+    assert record["r_auroc/nn_similarity"] == pytest.approx(roc_auc_score(wrong, -cos.max(axis=1)), abs=5e-3)
+    assert record["r_auroc/norm"] == pytest.approx(roc_auc_score(wrong, -out["embedding_norm"]), abs=5e-3)
+    for p in (10, 20, 50):
+        assert 0.0 <= record[f"recall@1/reject{p}"] == record[f"recall@1/reject{p}/model"] <= 1.0

@@ -197,6 +197,9 @@ def test_cli_end_to_end(trained_workdir, tmp_path):
     assert test["recall@1"] == pytest.approx(final["recall@1"])  # the same 1-NN correctness as the evaluation
     assert sum(test["bins"]["count"]) == test["count"]
     assert -1 <= test["pearson"] <= 1 and 0 <= test["auroc_norm_as_certainty"] <= 1
+    # the trainer's R-AUROC of the model's own uncertainty (-||e||) is the analysis' AUROC of the norm
+    assert test["uncertainty"]["r_auroc/model"] == pytest.approx(test["auroc_norm_as_certainty"], abs=1e-12)
+    assert test["uncertainty"]["r_auroc/model"] == pytest.approx(final["r_auroc/model"], abs=5e-3)
     assert result["train_sample"]["temperature"]["max_rel_dev_entropy_slope"] < 1e-6
     assert result["train_sample"]["gradient_scale"]["max_rel_dev_loss_gradient"] < 1e-6
     assert result["analysed_similarity"].startswith("el_nivmf(")

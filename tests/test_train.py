@@ -29,18 +29,23 @@ def _params(workdir):
 
 def test_train_and_evaluate_writes_everything_and_is_reproducible(tiny_config, tmp_path):
     a = train.train_and_evaluate(tiny_config, str(tmp_path / "a"))
-    assert set(a) == {"recall@1", "recall@2", "recall@4", "recall@8", "precision@1", "r_precision", "map@r", "nmi", "ami", "f1"}
+    scores = ("nn_similarity", "norm")  # the digits default has no uncertainty of its own
+    uncertainty = {f"r_auroc/{s}" for s in scores} | {f"recall@1/reject{p}{t}" for p in (10, 20, 50)
+                                                       for t in ("", "/nn_similarity", "/norm")}
+    assert set(a) == {"step", "split", "recall@1", "recall@2", "recall@4", "recall@8", "precision@1", "r_precision",
+                      "map@r", "nmi", "ami", "f1"} | uncertainty
+    assert (a["step"], a["split"]) == (12, "test")
     assert a["precision@1"] == a["recall@1"]
-    assert all(0.0 <= v <= 1.0 for v in a.values())
+    assert all(0.0 <= v <= 1.0 for k, v in a.items() if k not in ("step", "split"))
     assert a["recall@1"] <= a["recall@2"] <= a["recall@4"] <= a["recall@8"]
     files = os.listdir(tmp_path / "a")
     assert any(f.startswith("events.out.tfevents") for f in files)
-    # every 4 steps and at each evaluation (6, 12) for keep-best; the newest 3 plus the best remain
-    assert sorted(os.listdir(tmp_path / "a" / "checkpoints"), key=int) == ["6", "8", "12"]
+    # every 4 steps; no selection on digits (final step only), so no keep-best: the newest 3 remain
+    assert sorted(os.listdir(tmp_path / "a" / "checkpoints"), key=int) == ["4", "8", "12"]
     lines = [json.loads(l) for l in open(tmp_path / "a" / "metrics.jsonl")]
     assert {l["step"] for l in lines if "test/recall@1" in l} == {6, 12}
     with open(tmp_path / "a" / "final_metrics.json") as f:
-        assert json.load(f)["recall@1"] == a["recall@1"]
+        assert json.load(f) == a
     b = train.train_and_evaluate(tiny_config, str(tmp_path / "b"))
     assert a == b  # bitwise: same config and seed
     sa, pa = _params(str(tmp_path / "a"))

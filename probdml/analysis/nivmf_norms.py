@@ -269,7 +269,7 @@ def load_checkpoint(config, workdir: str):
     comes from `jax.eval_shape` of the initialisation (nothing is computed or compiled)."""
     from probdml import checkpointing, data, models, objective, optim, train
 
-    train_ds = data.load_split(config.data, "train")
+    train_ds = data.load_split(config.data, train.selection(config).train_split)  # the split it trained on
     model = models.build_model(config.model)
     obj = objective.build_objective(config.loss, train_ds.num_classes, config.model.embed_dim)
 
@@ -315,7 +315,8 @@ def analyze(workdir: str, out_dir: str, *, num_samples: int = 512, num_shown: in
     apply = jax.jit(lambda x: model.apply(variables, x, train=False))
     batch = int(config.eval.batch_size)
 
-    test = evaluate.embed(apply, config.data, test_ds, batch, mesh)["embedding"]
+    test_outputs = evaluate.embed(apply, config.data, test_ds, batch, mesh)
+    test = test_outputs["embedding"]
     test_labels = np.asarray(test_ds.labels)
     norms = np.linalg.norm(test.astype(np.float64), axis=-1)
     _, idx = metrics.knn(test, None, 1, metric=evaluate.knn_metric(config.eval.metric), mesh=mesh)
@@ -345,7 +346,9 @@ def analyze(workdir: str, out_dir: str, *, num_samples: int = 512, num_shown: in
         "temperature_inside": bool(inside),
         "eval_metric": config.eval.metric,
         "test": {"count": int(norms.size), "norm": {"mean": float(norms.mean()), "min": float(norms.min()),
-                                                    "max": float(norms.max())}, **by_norm},
+                                                    "max": float(norms.max())}, **by_norm,
+                 "uncertainty": evaluate.uncertainty_evaluation(test_outputs, test_ds, config.eval, mesh,
+                                                                vmf=evaluate.vmf_embedding(config))},
         "train_sample": {"count": int(pick.size), **roles},
     }
     os.makedirs(out_dir, exist_ok=True)

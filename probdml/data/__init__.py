@@ -14,10 +14,15 @@ downloaded by TFDS from its official URL (see `probdml.data.manual`):
            (ftp://cs.stanford.edu/cs/cvgl/Stanford_Online_Products.zip)
 
 A file neither in the manual directory nor downloadable raises one ConfigError naming the expected
-files, the manual directory and the download error. The image
+files, the manual directory and the download error, within seconds when offline (an unreachable host is
+detected before TFDS's retries); `data.download=False` forbids downloads (the manual directory only). The image
 datasets are stored as ArrayRecord files (random access by index; in this TFDS version
 `builder.as_data_source()` reads them and `builder.as_dataset()` does not: pass
 `file_format='tfrecord'` to the builder for a tf.data-only copy).
+
+Builder configs (`data.builder_config`, '' = the builder's default): glyphs has 'default',
+'validation', 'tiny', 'ambiguous' and 'tiny_ambiguous'; the ambiguous ones record each image's
+degradation severity in [0, 1], loaded as `ArrayDataset.severity`. The other datasets have none.
 
 Splits: 'train' and 'test' are the class-disjoint DML splits. 'train_sub' and 'val' split the
 training classes for model selection without the test set: the classes of 'train' in increasing
@@ -36,6 +41,7 @@ import os
 import ml_collections
 import numpy as np
 
+from probdml import writers
 from probdml.data import preprocess
 from probdml.data.pipeline import ArrayDataset, ImageDataset, RecordSource, option
 from probdml.errors import ConfigError, unknown_choice
@@ -73,6 +79,26 @@ def check_name(name: str) -> None:
         raise unknown_choice("dataset", name, DATASET_NAMES)
 
 
+def builder_config_names(name: str) -> tuple[str, ...]:
+    """The builder configs dataset `name` offers (empty: only its default)."""
+    return tuple(c.name for c in getattr(_builders()[name], "BUILDER_CONFIGS", ()) or ())
+
+
+def check_builder_config(data_cfg: ml_collections.ConfigDict) -> str:
+    """`data_cfg.builder_config` ('' when absent), after checking the dataset offers it (ConfigError)."""
+    check_name(data_cfg.name)
+    config = data_cfg.get("builder_config", "") or ""
+    if config:
+        valid = builder_config_names(data_cfg.name)
+        if not valid:
+            raise ConfigError(
+                f"dataset {data_cfg.name!r} has no builder configs, got data.builder_config={config!r}; leave it ''"
+            )
+        if config not in valid:
+            raise unknown_choice(f"builder config of {data_cfg.name}", config, valid)
+    return config
+
+
 def class_split(labels: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
     """(train_sub indices, val indices) of a class-wise split: of the C classes in increasing id order,
     the first floor(C * (1 - val_fraction)) go to train_sub, the others to val. Both non-empty."""
@@ -93,29 +119,34 @@ def prepare(data_cfg: ml_collections.ConfigDict):
     image datasets)."""
     import tensorflow_datasets as tfds
 
-    check_name(data_cfg.name)
+    from probdml.data import manual
+
+    config = check_builder_config(data_cfg)
     preprocess.tf_cpu()
-    builder = _builders()[data_cfg.name](data_dir=data_dir(data_cfg))
+    builder = _builders()[data_cfg.name](config=config or None, data_dir=data_dir(data_cfg))
     try:
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(
-                manual_dir=manual_dir(data_cfg), compute_stats=tfds.download.ComputeStatsMode.SKIP
+        with writers.quiet_dataset_preparation(data_cfg.name, data_dir(data_cfg), data_cfg.name in IN_MEMORY), \
+                manual.downloads_enabled(data_cfg.get("download", True)):
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(
+                    manual_dir=manual_dir(data_cfg), compute_stats=tfds.download.ComputeStatsMode.SKIP
+                )
             )
-        )
     except FileExistsError:  # another process sharing the data_dir finished preparing it first
-        builder = _builders()[data_cfg.name](data_dir=data_dir(data_cfg))
+        builder = _builders()[data_cfg.name](config=config or None, data_dir=data_dir(data_cfg))
     return builder
 
 
 def load_split(data_cfg: ml_collections.ConfigDict, split: str) -> ArrayDataset | ImageDataset:
     """Prepare the TFDS dataset `data_cfg.name` on first use and load `split` (one of SPLITS).
 
-    digits, glyphs: an `ArrayDataset` in memory, in the builder's index order. Image datasets: an `ImageDataset`
+    digits, glyphs: an `ArrayDataset` in memory, in the builder's index order (with `severity` for the
+    ambiguous glyphs configs). Image datasets: an `ImageDataset`
     reading JPEG bytes from the TFDS ArrayRecord files by index, ordered by file name.
     """
     import tensorflow_datasets as tfds
 
-    check_name(data_cfg.name)
+    check_builder_config(data_cfg)
     if split not in SPLITS:
         raise ConfigError(f"dataset {data_cfg.name!r} has no split {split!r}; valid: {', '.join(SPLITS)}")
     builder = prepare(data_cfg)
@@ -123,7 +154,8 @@ def load_split(data_cfg: ml_collections.ConfigDict, split: str) -> ArrayDataset 
     if data_cfg.name in IN_MEMORY:
         arrays = tfds.as_numpy(builder.as_dataset(split=base, batch_size=-1, shuffle_files=False))
         order = np.argsort(arrays["index"], kind="stable")
-        ds = ArrayDataset(images=arrays["image"][order], labels=arrays["label"][order].astype(np.int32))
+        severity = arrays["severity"][order].astype(np.float32) if "severity" in arrays else None
+        ds = ArrayDataset(images=arrays["image"][order], labels=arrays["label"][order].astype(np.int32), severity=severity)
     else:
         ds = _image_split(builder, base, int(option(data_cfg, "image_size")))
     if split in ("train_sub", "val"):

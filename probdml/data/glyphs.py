@@ -31,6 +31,23 @@ pixels) sampled bilinearly from the rendering box-downsampled to twice the outpu
 low-passed against aliasing, then Gaussian blur, contrast and additive Gaussian noise, rounded
 to uint8. All images of one typeface are augmented together (vectorised numpy/scipy).
 
+Ground-truth ambiguity (builder configs `ambiguous`, `tiny_ambiguous`): every image also gets a
+severity s, drawn with an occluder direction phi from rng([seed, code point, typeface,
+DEGRADATION_STREAM]) (s ~ U[0, 1) rounded to float32, then phi ~ U[0, 2 pi), per sample), stored
+as the float32 feature `severity`. The augmentation draws are those of the default config, and s
+degrades the image inside the same pipeline (`Degradation`; lengths in output pixels at size 32):
+  1. occlusion, on the affinely sampled image before blur: a line sweeping along (cos phi, sin phi)
+     in (column, row) coordinates erases (sets to 0) every pixel whose preceding pixels in sweep
+     order hold less than max_occlusion * s (1 * s) of the image's ink, so that fraction of the ink
+     (up to one pixel's share) is hidden and the rest left intact, as a crop would;
+  2. resolution loss: area-averaged onto round(size / (1 + (max_downsample - 1) s)) cells per side
+     (max_downsample 2: 16 x 16 at s = 1), then linearly interpolated back to size x size;
+  3. extra Gaussian blur: std hypot(augmentation blur, max_blur_sigma * s) (max_blur_sigma 0.5);
+  4. contrast loss: the augmentation's ink contrast times 1 - max_contrast_loss * s (0.5);
+then the augmentation's noise and rounding as in the default config. At s = 0 every step is the
+identity and the image equals the default config's byte for byte; at s = 1 no ink is left (only
+noise), and from s ~ 0.5 the class is often no longer recognisable.
+
 Split: a permutation of the class ids by rng(SPLIT_SEED) (optionally truncated to
 `max_classes`); its first ceil(n/2) classes are `train`, the rest `test`; with
 `validation_fraction > 0` the first round(fraction * n_train) training classes form a
@@ -256,6 +273,64 @@ def _blur_matrices(sigmas: np.ndarray, size: int) -> np.ndarray:
     return k / norm[:, None, None]
 
 
+@dataclasses.dataclass(frozen=True)
+class Degradation:
+    """How the severity s in [0, 1] degrades an image (module doc; pixel units scale with size / 32)."""
+
+    max_occlusion: float = 1.0  # fraction max_occlusion * s of the ink erased by a sweeping edge
+    max_downsample: float = 2.0  # resolution divided by 1 + (max_downsample - 1) * s
+    max_blur_sigma: float = 0.5  # extra Gaussian blur std s * max (output pixels at size 32)
+    max_contrast_loss: float = 0.5  # ink intensity times 1 - max_contrast_loss * s
+
+
+DEGRADATION_STREAM = 1  # the degradation of (seed, code point, typeface) draws from rng([seed, cp, f, 1])
+
+
+def draw_degradation(rng: np.random.Generator, num_samples: int) -> dict[str, np.ndarray]:
+    """Severity s ~ U[0, 1) rounded to float32, then occluder direction ~ U[0, 2 pi), per sample."""
+    severity = rng.uniform(0.0, 1.0, num_samples).astype(np.float32).astype(np.float64)
+    return {"severity": severity, "angle": rng.uniform(0.0, 2.0 * np.pi, num_samples)}
+
+
+def _occlude(x: np.ndarray, severity: np.ndarray, angle: np.ndarray) -> np.ndarray:
+    """Erase (set to 0) the pixels of x [n, H, W] swept first by a line moving along direction
+    (cos angle, sin angle) in (col, row) coordinates, until ink sum(x) * severity is erased: pixel k
+    in sweep order is erased iff the ink of the pixels before it is < severity * total ink."""
+    n, h, w = x.shape
+    rows, cols = np.mgrid[0:h, 0:w]
+    proj = np.cos(angle)[:, None] * cols.ravel()[None] + np.sin(angle)[:, None] * rows.ravel()[None]
+    order = np.argsort(proj, axis=1, kind="stable")
+    flat = x.reshape(n, -1)
+    ink = np.take_along_axis(flat, order, axis=1)
+    before = np.cumsum(ink, axis=1) - ink
+    erase = np.zeros_like(flat, dtype=bool)
+    np.put_along_axis(erase, order, before < severity[:, None] * ink.sum(axis=1, keepdims=True), axis=1)
+    return np.where(erase, 0.0, flat).reshape(n, h, w)
+
+
+def _resolution_matrices(factors: np.ndarray, size: int) -> np.ndarray:
+    """[n, size, size] R = U D with R x R^T = x area-averaged onto m = round(size / factor) cells per
+    side (D: cell i averages [i size/m, (i + 1) size/m)) and linearly interpolated back to size
+    pixels (U: output pixel j at cell coordinate (j + 1/2) m / size - 1/2, edge cells repeated).
+    factor 1 gives the identity exactly."""
+    n = len(factors)
+    m = np.rint(size / factors).astype(np.int64)[:, None, None]
+    i = np.arange(size)[None, :, None]  # cell (rows of D; only i < m are cells)
+    k = np.arange(size)[None, None, :]  # pixel
+    overlap = np.minimum((i + 1) * size / m, k + 1) - np.maximum(i * size / m, k)
+    down = np.where(i < m, np.clip(overlap, 0.0, None) * (m / size), 0.0)
+    u = (np.arange(size)[None, :] + 0.5) * m[:, :, 0] / size - 0.5  # [n, size]
+    left = np.floor(u)
+    w = u - left
+    up = np.zeros((n, size, size))
+    rows = np.broadcast_to(np.arange(size), (n, size))
+    batch = np.broadcast_to(np.arange(n)[:, None], (n, size))
+    last = m[:, :, 0] - 1
+    np.add.at(up, (batch, rows, np.clip(left, 0, last).astype(np.int64)), 1.0 - w)
+    np.add.at(up, (batch, rows, np.clip(left + 1, 0, last).astype(np.int64)), w)
+    return up @ down
+
+
 STROKES = ("erode 3x3", "none", "dilate 3x3", "dilate 5x5")
 
 
@@ -279,12 +354,16 @@ def augment(
     size: int,
     rngs: list[np.random.Generator],
     aug: Augmentation = Augmentation(),
+    degradation: dict[str, np.ndarray] | None = None,
+    model: Degradation = Degradation(),
 ) -> np.ndarray:
     """uint8 [N, num_samples, size, size]: augmented images of uint8 renderings [N, C, C]
     (C = MASTER_SCALE * size), sample parameters of image i drawn from rngs[i] (module doc).
 
     y = round(255 * clip(contrast * K (sample(stroke(master), affine)) K^T + noise, 0, 1)),
-    with bilinear sampling and K the per-sample Gaussian blur matrix.
+    with bilinear sampling and K the per-sample Gaussian blur matrix. `degradation`
+    ({'severity', 'angle'}: [N, num_samples] each, from `draw_degradation`) degrades each image by
+    `model` with its severity s (module doc); s = 0 leaves it byte for byte unchanged.
     """
     n = len(masters)
     if masters.shape[1:] != (MASTER_SCALE * size, MASTER_SCALE * size) or len(rngs) != n:
@@ -301,9 +380,20 @@ def augment(
     grid = _sampling_grid(p, size, MASTER_SCALE // 2)
     layer = np.broadcast_to((p["stroke"] * n + image)[:, None, None], grid.shape[1:])
     x = ndimage.map_coordinates(source, np.stack([layer, *grid]), order=1, mode="constant", cval=0.0)
-    blur = _blur_matrices(p["blur"], size)
+    sigma, contrast, linear = p["blur"], p["contrast"], None
+    if degradation is not None:
+        s = np.asarray(degradation["severity"], np.float64).reshape(-1)
+        if s.shape != (n * num_samples,) or np.any((s < 0) | (s > 1)):
+            raise ValueError(f"need severities in [0, 1] of shape [{n}, {num_samples}], got {np.shape(degradation['severity'])}")
+        x = _occlude(x, model.max_occlusion * s, np.asarray(degradation["angle"], np.float64).reshape(-1))
+        sigma = np.hypot(sigma, s * model.max_blur_sigma * (size / 32.0))
+        contrast = contrast * (1.0 - model.max_contrast_loss * s)
+        linear = _resolution_matrices(1.0 + (model.max_downsample - 1.0) * s, size)
+    blur = _blur_matrices(sigma, size)
+    if linear is not None:
+        blur = blur @ linear
     x = blur @ x @ blur.transpose(0, 2, 1)
-    y = np.clip(p["contrast"][:, None, None] * x + p["noise"], 0.0, 1.0)
+    y = np.clip(contrast[:, None, None] * x + p["noise"], 0.0, 1.0)
     return np.rint(y * 255.0).astype(np.uint8).reshape(n, num_samples, size, size)
 
 
@@ -311,13 +401,15 @@ def augment(
 class GlyphsConfig(tfds.core.BuilderConfig):
     """size: output side in pixels; samples_per_typeface: augmented images per (class, typeface);
     max_classes: 0 = every class, else the first max_classes of the split permutation;
-    validation_fraction: share of training classes moved to a `validation` split; seed: augmentation."""
+    validation_fraction: share of training classes moved to a `validation` split; seed: augmentation;
+    ambiguous: degrade every image with a drawn severity, stored as the feature `severity` (module doc)."""
 
     size: int = 32
     samples_per_typeface: int = 4
     max_classes: int = 0
     validation_fraction: float = 0.0
     seed: int = 0
+    ambiguous: bool = False
 
 
 class Glyphs(tfds.core.GeneratorBasedBuilder):
@@ -336,22 +428,32 @@ class Glyphs(tfds.core.GeneratorBasedBuilder):
             name="tiny", description="For tests: 12 classes, 1 sample per class and typeface.",
             max_classes=12, samples_per_typeface=1,
         ),
+        GlyphsConfig(
+            name="ambiguous",
+            description="As default, every image degraded with a severity s ~ U[0, 1] (feature `severity`).",
+            ambiguous=True,
+        ),
+        GlyphsConfig(
+            name="tiny_ambiguous", description="For tests: tiny with the degradation of `ambiguous`.",
+            max_classes=12, samples_per_typeface=1, ambiguous=True,
+        ),
     ]
 
     def _info(self) -> tfds.core.DatasetInfo:
         cfg = self.builder_config
+        features = {
+            "image": tfds.features.Image(shape=(cfg.size, cfg.size, 1)),
+            "label": tfds.features.ClassLabel(names=[f"U+{cp:04X}" for cp in class_codepoints()]),
+            "codepoint": np.int64,
+            "typeface": tfds.features.ClassLabel(names=[name for name, _ in TYPEFACES]),
+            "index": np.int64,
+        }
+        if cfg.ambiguous:
+            features["severity"] = np.float32
         return tfds.core.DatasetInfo(
             builder=self,
             description=__doc__,
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Image(shape=(cfg.size, cfg.size, 1)),
-                    "label": tfds.features.ClassLabel(names=[f"U+{cp:04X}" for cp in class_codepoints()]),
-                    "codepoint": np.int64,
-                    "typeface": tfds.features.ClassLabel(names=[name for name, _ in TYPEFACES]),
-                    "index": np.int64,
-                }
-            ),
+            features=tfds.features.FeaturesDict(features),
             supervised_keys=("image", "label"),
             homepage="https://matplotlib.org/stable/users/explain/text/fonts.html",
         )
@@ -370,14 +472,24 @@ class Glyphs(tfds.core.GeneratorBasedBuilder):
         for f, path in enumerate(font_paths()):
             masters = render(chosen, path, MASTER_SCALE * cfg.size)
             rngs = [np.random.default_rng([cfg.seed, cp, f]) for cp in chosen]
-            samples = augment(masters, cfg.samples_per_typeface, cfg.size, rngs)
-            for class_id, cp, images in zip(class_ids, chosen, samples):
+            degradation = None
+            if cfg.ambiguous:
+                draws = [
+                    draw_degradation(np.random.default_rng([cfg.seed, cp, f, DEGRADATION_STREAM]), cfg.samples_per_typeface)
+                    for cp in chosen
+                ]
+                degradation = {k: np.stack([d[k] for d in draws]) for k in draws[0]}
+            samples = augment(masters, cfg.samples_per_typeface, cfg.size, rngs, degradation=degradation)
+            for c, (class_id, cp, images) in enumerate(zip(class_ids, chosen, samples)):
                 for s, image in enumerate(images):
                     index = int(class_id) * per_class + f * cfg.samples_per_typeface + s
-                    yield index, {
+                    example = {
                         "image": image[..., None],
                         "label": int(class_id),
                         "codepoint": cp,
                         "typeface": f,
                         "index": index,
                     }
+                    if degradation is not None:
+                        example["severity"] = np.float32(degradation["severity"][c, s])
+                    yield index, example

@@ -8,13 +8,22 @@ downloaded from its official URL by TFDS's `DownloadManager.download` into `<dat
 fail, `obtain` raises one ConfigError naming the files, the manual directory and the download error.
 No checksums are registered for these URLs: a downloaded file is checked only for being an archive
 (or .mat file) of the expected kind, so an HTML error page is reported as a failed download.
+
+Offline, the same error comes within seconds: before TFDS's download (whose retries with backoff take
+minutes), `unreachable(url)` tries a TCP connection to the URL's host (skipped when a proxy is
+configured), and with `data.download=False` (`downloads_enabled(False)`) nothing is downloaded at all.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import dataclasses
 import io
 import os
+import socket
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator, Sequence
 from typing import BinaryIO
 
@@ -75,6 +84,65 @@ def _check_download(path: epath.Path, name: str) -> None:
                     raise ValueError(f"the downloaded file {path} is not {kind}")
 
 
+_DOWNLOADS = {"enabled": True}
+
+
+class DownloadDisabledError(RuntimeError):
+    """A file had to be downloaded while downloads are disabled (data.download=False)."""
+
+
+@contextlib.contextmanager
+def downloads_enabled(enabled: bool):
+    """Within the block, `obtain` downloads missing files only if `enabled` (else it fails at once)."""
+    previous = _DOWNLOADS["enabled"]
+    _DOWNLOADS["enabled"] = bool(enabled)
+    try:
+        yield
+    finally:
+        _DOWNLOADS["enabled"] = previous
+
+
+def unreachable(url: str, timeout: float = 5.0) -> str | None:
+    """Why the host of an http(s)/ftp `url` cannot be reached (name lookup or TCP connection, each within
+    `timeout` seconds), or None: reachable, another scheme, or a proxy configured for the scheme."""
+    parts = urllib.parse.urlsplit(url)
+    ports = {"http": 80, "https": 443, "ftp": 21}
+    if parts.scheme not in ports or not parts.hostname or parts.scheme in urllib.request.getproxies():
+        return None
+    port = parts.port or ports[parts.scheme]
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        addresses = pool.submit(socket.getaddrinfo, parts.hostname, port, type=socket.SOCK_STREAM).result(timeout)
+    except concurrent.futures.TimeoutError:
+        return f"no answer for the name {parts.hostname} within {timeout:g} s"
+    except OSError as err:
+        return f"cannot resolve {parts.hostname} ({err})"
+    finally:
+        pool.shutdown(wait=False)
+    last = None
+    for family, kind, proto, _, address in addresses:
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                sock.settimeout(timeout)
+                sock.connect(address)
+            return None
+        except OSError as err:
+            last = err
+    return f"cannot connect to {parts.hostname}:{port} ({last})"
+
+
+def _download(dl_manager: tfds.download.DownloadManager, url: str) -> epath.Path:
+    """`dl_manager.download(url)`, failing at once when downloads are disabled or the host is unreachable
+    (checked for TFDS's DownloadManager, which would otherwise retry for minutes)."""
+    if not _DOWNLOADS["enabled"]:
+        raise DownloadDisabledError("downloads are disabled by data.download=False")
+    if isinstance(dl_manager, tfds.download.DownloadManager):
+        reason = unreachable(url)
+        if reason:
+            raise ConnectionError(f"unreachable: {reason}")
+    return epath.Path(dl_manager.download(url))
+
+
 def _one_line(err: BaseException, limit: int = 300) -> str:
     text = " ".join(str(err).split()) or "no message"
     return f"{type(err).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
@@ -100,7 +168,7 @@ def obtain(dl_manager: tfds.download.DownloadManager, dataset: str, artifacts: S
         if i in found:
             continue
         try:
-            path = epath.Path(dl_manager.download(art.url))
+            path = _download(dl_manager, art.url)
             _check_download(path, art.names[0])
         except Exception as err:  # network, HTTP status, checksum, wrong content: all reported alike
             notes = "".join(f"{note} " for note in dict.fromkeys(a.note for a in missing if a.note))

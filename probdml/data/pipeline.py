@@ -60,10 +60,12 @@ class _LabelledSplit:
 
 @dataclasses.dataclass(frozen=True)
 class ArrayDataset(_LabelledSplit):
-    """A split held in memory: images uint8 [N, H, W, C], labels int32 [N] (original class ids)."""
+    """A split held in memory: images uint8 [N, H, W, C], labels int32 [N] (original class ids), and
+    for the ambiguous glyphs configs each image's degradation severity float32 [N] in [0, 1] (else None)."""
 
     images: np.ndarray
     labels: np.ndarray
+    severity: np.ndarray | None = None
 
     @property
     def image_shape(self) -> tuple[int, ...]:
@@ -72,7 +74,8 @@ class ArrayDataset(_LabelledSplit):
 
     def take(self, indices: np.ndarray) -> ArrayDataset:
         """The examples at `indices`, in that order."""
-        return ArrayDataset(images=self.images[indices], labels=self.labels[indices])
+        severity = None if self.severity is None else self.severity[indices]
+        return ArrayDataset(images=self.images[indices], labels=self.labels[indices], severity=severity)
 
 
 @dataclasses.dataclass(frozen=True)

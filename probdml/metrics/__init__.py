@@ -23,11 +23,14 @@ from probdml.metrics.retrieval import (
 )
 from probdml.metrics.uncertainty import (
     accuracy_by_quantile_bin,
+    REJECT_FRACTIONS,
     norm_uncertainty,
     rejection_curve,
     squared_norm_uncertainty,
     uncertainty_auroc,
+    spearman,
     uncertainty_metrics,
+    uncertainty_report,
 )
 
 __all__ = [
@@ -35,6 +38,7 @@ __all__ = [
     "KMEANS_INITS",
     "METRICS",
     "PAIRWISE",
+    "REJECT_FRACTIONS",
     "RETRIEVAL_METRICS",
     "SimilarityFn",
     "accuracy_by_quantile_bin",
@@ -53,7 +57,9 @@ __all__ = [
     "reference_label_counts",
     "rejection_curve",
     "retrieval_metrics",
+    "spearman",
     "squared_norm_uncertainty",
     "uncertainty_auroc",
     "uncertainty_metrics",
+    "uncertainty_report",
 ]

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from sklearn import metrics as sk_metrics
 
-from probdml import similarity
+from probdml import checks, similarity
 from probdml.metrics.neighbors import _pad_rows, _round_up
 from probdml.metrics.retrieval import _check_labels
 
@@ -91,6 +91,7 @@ def kmeans(
     x = np.asarray(x)
     if x.ndim != 2:
         raise ValueError(f"x must be [N, D], got shape {x.shape}")
+    checks.check_finite("kmeans", "x", x)
     n = x.shape[0]
     if not 1 <= n_clusters <= n:
         raise ValueError(f"n_clusters={n_clusters} must be between 1 and the number of samples ({n})")
@@ -173,6 +174,7 @@ def clustering_metrics(
         raise ValueError(f"unknown clustering metric {metric!r}; valid: cosine, euclidean")
     if cluster_labels is None:
         x = np.asarray(embeddings)
+        checks.check_finite("clustering_metrics", "embeddings", x)
         if x.shape[0] != labels.shape[0]:
             raise ValueError("embeddings and labels must have the same number of samples")
         if metric == "cosine":

@@ -21,7 +21,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from probdml import similarity, special
+from probdml import checks, similarity, special
 
 SimilarityFn = Callable[[Any, Any], jax.Array]
 """A pairwise similarity ``sim(q_block, r_block) -> [bq, br]`` (higher = nearer); blocks are
@@ -179,6 +179,15 @@ def _leading_dim(tree: Any, name: str) -> int:
     return sizes.pop()
 
 
+def check_embeddings(where: str, arg: str, tree: Any, matrix: bool, dim: int | None = None) -> None:
+    """Every array of `tree` is free of NaN and inf (a non-finite embedding has no neighbours); with
+    `matrix` (the built-in metrics), `tree` is one floating [N, D] array (D = `dim` when given)."""
+    if matrix:
+        checks.check_matrix(where, arg, tree, "[N, D]", cols=dim)
+    for leaf in jax.tree.leaves(tree):
+        checks.check_finite(where, arg, leaf)
+
+
 def _pad_rows(tree: Any, start: int, size: int) -> Any:
     """Rows start..start+size of every leaf, padded by repeating the last row (finite padding)."""
 
@@ -237,6 +246,7 @@ def knn(
     both blocks (half the matmul work; memory O(block_size^2 + N k)). On a multi-process mesh
     every process receives the whole result. Returns (scores [Nq, k], indices [Nq, k]) as NumPy arrays.
     """
+    builtin = isinstance(metric, str)
     if isinstance(metric, str) and metric in PAIRWISE:
         metric = PAIRWISE[metric]
     if not callable(metric) and metric not in METRICS:
@@ -245,7 +255,12 @@ def knn(
     if ref_includes_query is None:
         ref_includes_query = self_search
     queries = jax.tree.map(np.asarray, queries)
-    references = queries if references is None else jax.tree.map(np.asarray, references)
+    check_embeddings("knn", "queries", queries, builtin)
+    if references is not None:
+        references = jax.tree.map(np.asarray, references)
+        check_embeddings("knn", "references", references, builtin,
+                         dim=checks.shape_of(queries)[1] if builtin else None)
+    references = queries if references is None else references
     n_q = _leading_dim(queries, "queries")
     n_ref = _leading_dim(references, "references")
     if ref_includes_query and n_ref < n_q:

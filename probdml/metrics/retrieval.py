@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 from jax.sharding import Mesh
 
-from probdml.metrics.neighbors import SimilarityFn, _leading_dim, knn
+from probdml import checks
+from probdml.metrics.neighbors import SimilarityFn, _leading_dim, check_embeddings, knn
 
 RETRIEVAL_METRICS = (
     "recall",
@@ -40,6 +41,8 @@ def _check_labels(labels: Any, name: str) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.ndim != 1:
         raise ValueError(f"{name} must be one-dimensional (one label per sample), got shape {labels.shape}")
+    if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
+        raise ValueError(f"{name} must be integers (class ids), got dtype {labels.dtype}")
     return labels
 
 
@@ -125,7 +128,12 @@ def _required_depths(include, ks, counts, ref_includes_query, n_avail) -> dict[s
     r_max = int(r.max(initial=0))
     need = {}
     if "recall" in include:
-        need["recall"] = min(max(ks), n_avail)
+        if max(ks) > n_avail:
+            raise ValueError(
+                f"recall@{max(ks)} needs k <= n = {n_avail}, the references each query is ranked against; "
+                f"got ks={tuple(ks)}"
+            )
+        need["recall"] = max(ks)
     if "idml_recall" in include:
         need["idml_recall"] = min(max(ks), _idml_depth(counts, n_avail))
     if "precision@1" in include:
@@ -252,7 +260,8 @@ def retrieval_metrics(
     block_size: int = 1024,
     ref_block_size: int = 65536,
     mesh: Mesh | None = None,
-) -> dict[str, Any]:
+    return_neighbors: bool = False,
+) -> dict[str, Any] | tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """Retrieval metrics of `embeddings` (queries) against the references, by exact kNN.
 
     Default: leave-one-out retrieval within `embeddings` (every sample queries all others),
@@ -262,12 +271,22 @@ def retrieval_metrics(
     ``metric='euclidean'`` / ``'cosine'``. `k`: neighbours to retrieve; None retrieves what the
     requested metrics need (the largest R for the R-metrics) and, for ``map``/``mrr``, which are
     defined over all K retrieved, every reference. See `knn` for `metric` and the block sizes.
+    With `return_neighbors`, returns (metrics, scores [Nq, k], indices [Nq, k]) of the search (nearest
+    first), e.g. for the uncertainty metrics of the same leave-one-out retrieval.
     """
     include = _parse_include(include)
     ks = _check_ks(ks)
     labels = _check_labels(labels, "labels")
+    builtin = isinstance(metric, str)
+    check_embeddings("retrieval_metrics", "embeddings", embeddings, builtin)
+    if reference_embeddings is not None:
+        check_embeddings("retrieval_metrics", "reference_embeddings", reference_embeddings, builtin,
+                         dim=checks.shape_of(embeddings)[1] if builtin else None)
     if _leading_dim(embeddings, "embeddings") != labels.shape[0]:
-        raise ValueError("embeddings and labels must have the same number of samples")
+        raise ValueError(
+            f"retrieval_metrics: embeddings and labels must have the same number of samples, got "
+            f"{_leading_dim(embeddings, 'embeddings')} and {labels.shape[0]}"
+        )
     if (reference_embeddings is None) != (reference_labels is None):
         raise ValueError("give both reference_embeddings and reference_labels, or neither")
     if ref_includes_query is None:
@@ -287,7 +306,7 @@ def retrieval_metrics(
         k = n_avail if ({"map", "mrr"} & set(include)) else max(need.values())
     elif k < max(need.values(), default=1) or k > n_avail:
         raise ValueError(f"k={k} must be at most {n_avail} and at least what the metrics need: {need}")
-    _, idx = knn(
+    scores, idx = knn(
         embeddings,
         reference_embeddings,
         k,
@@ -297,7 +316,7 @@ def retrieval_metrics(
         ref_block_size=ref_block_size,
         mesh=mesh,
     )
-    return metrics_from_neighbors(
+    out = metrics_from_neighbors(
         ref_labels[idx],
         labels,
         ref_labels,
@@ -307,3 +326,4 @@ def retrieval_metrics(
         avg_of_avgs=avg_of_avgs,
         return_per_class=return_per_class,
     )
+    return (out, scores, idx) if return_neighbors else out

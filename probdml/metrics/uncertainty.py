@@ -112,3 +112,70 @@ def uncertainty_metrics(
     correct = labels[idx[:, 0]] == labels
     fr, acc = rejection_curve(uncertainty, correct, fractions)
     return {"auroc": uncertainty_auroc(uncertainty, correct), "rejection_fractions": fr, "rejection_recall@1": acc}
+
+
+REJECT_FRACTIONS = (0.1, 0.2, 0.5)
+NUM_SEVERITY_BINS = 5
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation: the Pearson correlation of the mid-ranks of `a` and `b` (ties get
+    the mean of the ranks they span). NaN when either is constant."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    if a.ndim != 1 or a.shape != b.shape:
+        raise ValueError(f"spearman needs two 1-D arrays of equal length, got {a.shape} and {b.shape}")
+    ra = stats.rankdata(a) - (a.size + 1) / 2.0
+    rb = stats.rankdata(b) - (b.size + 1) / 2.0
+    denom = np.sqrt(np.sum(ra * ra) * np.sum(rb * rb))
+    return float(np.sum(ra * rb) / denom) if denom > 0 else float("nan")
+
+
+def uncertainty_report(
+    correct: np.ndarray,
+    scores: dict[str, np.ndarray],
+    *,
+    primary: str | None = None,
+    severity: np.ndarray | None = None,
+    fractions: Sequence[float] = REJECT_FRACTIONS,
+) -> dict[str, float]:
+    """Uncertainty quality of per-query scores (higher = less certain) for leave-one-out 1-NN retrieval.
+
+    `correct[i]` = 1[the nearest other sample has sample i's label]. For every score s in `scores`:
+
+    * ``r_auroc/<s>``: R-AUROC (URL benchmark, Kirchhof et al. 2023), the AUROC of s for predicting
+      a wrong nearest neighbour (`uncertainty_auroc`); 0.5 = uninformative, 1 = perfect;
+    * ``recall@1/reject<P>/<s>``: recall@1 of the queries kept after rejecting the fraction P% with
+      the highest s (`rejection_curve`), for P in `fractions`;
+    * with `severity` (a ground-truth degradation per query): ``spearman_severity/<s>``, Spearman's
+      correlation of s with the severity (positive = degraded images are ranked uncertain).
+
+    ``recall@1/reject<P>`` (no suffix) repeats the `primary` score's rejection recall (the model's
+    own uncertainty, or a baseline for models without one). With `severity`, ``recall@1/severity_q<j>``
+    is recall@1 within the j-th of NUM_SEVERITY_BINS equal-count bins of severity (j = 1 least degraded).
+    """
+    correct = np.asarray(correct, bool)
+    if correct.ndim != 1:
+        raise ValueError(f"correct must be one-dimensional, got shape {correct.shape}")
+    if primary is not None and primary not in scores:
+        raise ValueError(f"primary score {primary!r} is not one of {sorted(scores)}")
+    arrays = {name: np.asarray(score, np.float64) for name, score in scores.items()}
+    for name, score in arrays.items():
+        if score.shape != correct.shape:
+            raise ValueError(f"score {name!r} must have one value per query, got {score.shape} for {correct.shape}")
+    out: dict[str, float] = {f"r_auroc/{name}": uncertainty_auroc(score, correct) for name, score in arrays.items()}
+    kept = {name: rejection_curve(score, correct, fractions)[1] for name, score in arrays.items()}
+    percents = [round(100 * f) for f in fractions]
+    if primary is not None:
+        out.update({f"recall@1/reject{p}": float(acc) for p, acc in zip(percents, kept[primary])})
+    for name in arrays:
+        out.update({f"recall@1/reject{p}/{name}": float(acc) for p, acc in zip(percents, kept[name])})
+    if severity is not None:
+        severity = np.asarray(severity, np.float64)
+        if severity.shape != correct.shape:
+            raise ValueError(f"severity must have one value per query, got {severity.shape} for {correct.shape}")
+        out.update({f"spearman_severity/{name}": spearman(score, severity) for name, score in arrays.items()})
+        bins = accuracy_by_quantile_bin(severity, correct, NUM_SEVERITY_BINS)
+        for j, acc in enumerate(bins["accuracy"], start=1):
+            out[f"recall@1/severity_q{j}"] = acc
+    return out

@@ -7,7 +7,8 @@
 
 Outputs a dict: 'embedding' [B, embed_dim] (y, optionally y / sqrt(||y||^2 + 1e-12); or z, whose norm
 is the vMF concentration), 'uncertainty' [B, uncertainty_dim] (when the head exists; optionally
-L2-normalised as in the official IDML code, specs/idml.md D1), 'features' h [B, F].
+L2-normalised as in the official IDML code, specs/idml.md D1), 'features' h [B, F], and with
+`normalize_embedding` 'embedding_norm' ||y|| [B] (the norm before normalisation, an uncertainty baseline).
 
 Backbones (`backbone`): 'small_convnet' (SmallConvNet's pooled 'features', F = `hidden`; reads
 `widths`, `hidden`), 'small_resnet' (SmallResNet's pooled features, GroupNorm, F = widths[-1]; reads
@@ -35,7 +36,7 @@ import jax.numpy as jnp
 
 from probdml.errors import ConfigError, unknown_choice
 from probdml.models import convert
-from probdml.models.heads import ACTIVATIONS, SemanticHead, UncertaintyHead, VMFHead
+from probdml.models.heads import ACTIVATIONS, SemanticHead, UncertaintyHead, VMFHead, l2_normalize
 from probdml.models.resnet import ARCHITECTURES, POOLINGS, resnet
 from probdml.models.small import SmallConvNet, compute_dtype_or_none
 from probdml.models.small_resnet import SmallResNet
@@ -119,13 +120,15 @@ class EmbeddingNet(nn.Module):
                 dtype=dtype,
                 name="backbone",
             )(x, train)
+        out = {"features": h}
         if self.head == "semantic":
-            embedding = SemanticHead(self.embed_dim, l2_normalize=self.normalize_embedding, dtype=dtype,
-                                     name="embedding")(h)
+            raw = SemanticHead(self.embed_dim, l2_normalize=False, dtype=dtype, name="embedding")(h)
+            out["embedding"] = l2_normalize(raw) if self.normalize_embedding else raw
+            if self.normalize_embedding:
+                out["embedding_norm"] = jnp.linalg.norm(raw, axis=-1)
         else:
-            embedding = VMFHead(self.embed_dim, init_norm_multiplier=self.init_norm_multiplier, dtype=dtype,
-                                name="embedding")(h)
-        out = {"embedding": embedding, "features": h}
+            out["embedding"] = VMFHead(self.embed_dim, init_norm_multiplier=self.init_norm_multiplier, dtype=dtype,
+                                       name="embedding")(h)
         if self.uncertainty_dim > 0:
             out["uncertainty"] = UncertaintyHead(
                 self.uncertainty_dim,

@@ -1,0 +1,71 @@
+"""The catalogue's losses through the config objective: one jitted gradient step with the cosine, the
+introspective metric and the EL vMF kernel (where the loss's math allows; a clear ConfigError where not).
+The losses probdml had before the catalogue run end to end in test_objective and test_train."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from probdml import losses, objective, similarity
+from probdml.errors import ConfigError
+
+B, D, C = 12, 8, 4
+NAMES = sorted(objective.GENERIC_PROXY_LOSSES + objective.GENERIC_PAIR_LOSSES)
+SIMILARITIES = ("cosine", "introspective", "el")
+EXTRA = {"soft_triple": {"centers_per_class": 2}, "sub_center_arc_face": {"sub_centers": 2}}
+
+
+def _cfg(name, sim_name):
+    return ml_collections.ConfigDict(dict(name=name, similarity=sim_name, **EXTRA.get(name, {})))
+
+
+def _allowed(name, sim_name):
+    if losses.LOSS_REGISTRY[name].bounded and sim_name not in similarity.BOUNDED_SIMILARITIES:
+        return False
+    return not (name == "signal_to_noise_ratio_contrastive" and sim_name != "cosine")
+
+
+def test_every_registry_loss_has_a_config_objective_or_a_clear_error():
+    missing = sorted(set(losses.LOSS_REGISTRY) - {losses.canonical_name(n) for n in objective.LOSSES}
+                     - set(objective.LABEL_FREE_LOSSES))
+    assert not missing, f"registry losses without a config objective: {missing}"
+    for name in objective.LABEL_FREE_LOSSES:
+        with pytest.raises(ConfigError, match=f"loss '{name}' has no config objective: .*probdml.losses.{name}"):
+            objective.build_objective(_cfg(name, "cosine"), C, D)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_one_jitted_step_with_each_similarity(name):
+    rng = np.random.default_rng(0)
+    outputs = {"embedding": jnp.asarray(rng.normal(size=(B, D)), jnp.float32) * 3.0,
+               "uncertainty": jnp.asarray(rng.normal(size=(B, 4)), jnp.float32)}
+    labels = jnp.asarray(np.arange(B) % C)
+    objs = {}
+    for sim_name in SIMILARITIES:
+        if _allowed(name, sim_name):
+            objs[sim_name] = objective.build_objective(_cfg(name, sim_name), C, D)
+        else:
+            with pytest.raises(ConfigError, match=f"{name} .*similarity"):
+                objective.build_objective(_cfg(name, sim_name), C, D)
+    assert "cosine" in objs
+    params = {k: obj.init(jax.random.key(1)) for k, obj in objs.items()}
+
+    @jax.jit
+    def step(params, outputs):
+        out = {}
+        for k, obj in objs.items():
+            (value, _), grads = jax.value_and_grad(lambda p, o, obj=obj: obj.apply(p, o, labels, jax.random.key(2)),
+                                                   argnums=(0, 1), has_aux=True)(params[k], outputs)
+            out[k] = (value, grads)
+        return out
+
+    for k, (value, (g_params, g_out)) in step(params, outputs).items():
+        leaves = jax.tree_util.tree_leaves((g_params, g_out))
+        assert np.isfinite(float(value)), (k, value)
+        assert all(np.all(np.isfinite(np.asarray(g))) for g in leaves), k
+        if k == "cosine":
+            assert float(jnp.sum(jnp.abs(g_out["embedding"]))) > 0, "no gradient reaches the embeddings"
