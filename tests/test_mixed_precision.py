@@ -52,7 +52,8 @@ def test_vmf_normalizer_is_unsafe_in_16_bits_and_float32_is_not():
     the squared norm |q|^2 of a concentration-300 embedding (9e4) overflows the range (65504)."""
     rng = np.random.default_rng(0)
     p = 128
-    q = rng.standard_normal((16, p)) * (300 / np.sqrt(p))
+    q = rng.standard_normal((16, p))
+    q *= rng.uniform(260, 340, (16, 1)) / np.linalg.norm(q, axis=1, keepdims=True)  # concentrations 260..340
     r = q[::-1] + rng.standard_normal((16, p)) * 2.0
     exact = (_log_vmf_normalizer_f64(np.linalg.norm(q, axis=1), p)[:, None]
              + _log_vmf_normalizer_f64(np.linalg.norm(r, axis=1), p)[None, :]
