@@ -11,6 +11,7 @@ with the same parallelism; ratios are against that reference.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -57,6 +58,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--batches", type=int, default=30)
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON line")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,6 +90,9 @@ def main() -> None:
         repeated = ds.take(np.tile(np.arange(len(ds)), args.batch * (args.batches + 3) // len(ds) + 1))
         figures["eval (resize 256, crop 224)"] = rate(pipeline.eval_batches(cfg, repeated, args.batch), args.batch, args.batches)
 
+    if args.json:
+        print(json.dumps({"reference": reference, **figures}))
+        return
     print(f"{len(ds)} JPEGs 500x375, mean {np.mean(sizes) / 1024:.0f} KiB; {os.cpu_count()} CPU cores; "
           f"batch {args.batch}; prepare + load {prepare_s:.1f} s")
     print(f"{'reference: full JPEG decode only':34s} {reference:8.0f} images/s  1.00")

@@ -96,6 +96,66 @@ def _merge_block(metric, k, precision, exclude_self, mask_padding, q, q_ref_inde
     return top_s, jnp.take_along_axis(cand_i, top_pos, axis=1)
 
 
+def _top_k_into(run_s, run_i, s, start, k):
+    """Merge the top-k of the score rows `s` (reference indices start + column) into the running lists;
+    the running list holds lower indices and comes first, so ties go to the lower index."""
+    block_s, block_pos = jax.lax.top_k(s, min(k, s.shape[1]))
+    cand_s = jnp.concatenate([run_s, block_s], axis=1)
+    cand_i = jnp.concatenate([run_i, block_pos.astype(jnp.int32) + start], axis=1)
+    top_s, top_pos = jax.lax.top_k(cand_s, k)
+    return top_s, jnp.take_along_axis(cand_i, top_pos, axis=1)
+
+
+@functools.lru_cache(maxsize=32)
+def _symmetric_tile_fn(metric, k, precision, diagonal, mask_padding):
+    """The jitted update of the running top-k of row blocks i and j from one tile S_ij of the symmetric
+    score matrix S = sim(X, X): rows of S_ij for block i, rows of S_ij^T = S_ji for block j (once
+    when i = j, with the self-match masked by position). Rows/columns >= n (padding) score -inf."""
+
+    def tile(xi, xj, start_i, start_j, n, run_si, run_ii, run_sj, run_ij):
+        s = _scores(metric, xi, xj, precision)
+        rows = start_i + jnp.arange(s.shape[0], dtype=jnp.int32)
+        cols = start_j + jnp.arange(s.shape[1], dtype=jnp.int32)
+        if mask_padding:
+            s = jnp.where((rows[:, None] >= n) | (cols[None, :] >= n), jnp.array(-jnp.inf, s.dtype), s)
+        if diagonal:
+            s = jnp.where(rows[:, None] == cols[None, :], jnp.array(-jnp.inf, s.dtype), s)
+            return _top_k_into(run_si, run_ii, s, start_j, k)
+        return _top_k_into(run_si, run_ii, s, start_j, k) + _top_k_into(run_sj, run_ij, s.T, start_i, k)
+
+    return jax.jit(tile)
+
+
+def _symmetric_knn(x: Any, k: int, metric: str, block: int, device: jax.Device, precision: Any):
+    """Leave-one-out kNN of x against itself on one device, computing each tile S_ij (i <= j) of the
+    symmetric score matrix once: half the matmul work of the query x reference sweep. Block j receives
+    tiles from blocks 0..j-1 (transposed), then j, then j+1.. in that order, so every merge sees lower
+    reference indices first and ties go to the lower index, as in `knn`."""
+    n = _leading_dim(x, "queries")
+    t = -(-n // block)
+    padded = t * block > n
+    prepare = jax.jit(partial(_prepare, metric))
+    blocks = [prepare(jax.device_put(_pad_rows(x, b * block, block), device)) for b in range(t)]
+    dtype = jax.eval_shape(lambda a: _scores(metric, a, a, precision), blocks[0]).dtype
+    run = [
+        (jax.device_put(np.full((block, k), -np.inf, dtype), device), jax.device_put(np.full((block, k), -1, np.int32), device))
+        for _ in range(t)
+    ]
+    starts = [jax.device_put(np.int32(b * block), device) for b in range(t)]
+    n_arr = jax.device_put(np.int32(n), device)
+    for i in range(t):
+        for j in range(i, t):
+            step = _symmetric_tile_fn(metric, k, precision, i == j, padded and j == t - 1)
+            out = step(blocks[i], blocks[j], starts[i], starts[j], n_arr, *run[i], *run[j])
+            run[i] = out[:2]
+            if i != j:
+                run[j] = out[2:]
+        run[i] = tuple(np.asarray(a) for a in run[i])  # block i is final: to the host, freeing device memory
+    scores = np.concatenate([s for s, _ in run])[:n]
+    indices = np.concatenate([i for _, i in run])[:n]
+    return scores, indices.astype(np.int64)
+
+
 @functools.lru_cache(maxsize=32)
 def _prepare_fn(metric, mesh):
     return jax.jit(partial(_prepare, metric), out_shardings=NamedSharding(mesh, P()))
@@ -181,15 +241,19 @@ def knn(
     pair is then excluded by index (PyTorch Metric Learning's semantics). Ties are broken by the
     lower reference index. Memory: O(block_size * min(ref_block_size, N_ref)) per step; query
     blocks are sharded over the ``'data'`` axis of `mesh` (default: all devices), references are
-    replicated. Returns (scores [Nq, k], indices [Nq, k]) as NumPy arrays.
+    replicated. A leave-one-out search (``references=None``) with a named metric on a one-device mesh
+    computes each block_size x block_size tile of the symmetric score matrix once and uses it for
+    both blocks (half the matmul work; memory O(block_size^2 + N k)). On a multi-process mesh
+    every process receives the whole result. Returns (scores [Nq, k], indices [Nq, k]) as NumPy arrays.
     """
     builtin = isinstance(metric, str)
     if isinstance(metric, str) and metric in PAIRWISE:
         metric = PAIRWISE[metric]
     if not callable(metric) and metric not in METRICS:
         raise ValueError(f"unknown kNN metric {metric!r}; valid: {', '.join(METRICS + tuple(PAIRWISE))} or a callable")
+    self_search = references is None
     if ref_includes_query is None:
-        ref_includes_query = references is None
+        ref_includes_query = self_search
     queries = jax.tree.map(np.asarray, queries)
     check_embeddings("knn", "queries", queries, builtin)
     if references is not None:
@@ -213,6 +277,8 @@ def knn(
     if "data" not in mesh.axis_names:
         raise ValueError(f"the mesh needs a 'data' axis, got axes {mesh.axis_names}")
     n_dev = mesh.shape["data"]
+    if self_search and ref_includes_query and metric in METRICS and mesh.devices.size == 1:
+        return _symmetric_knn(queries, k, metric, min(block_size, _round_up(n_q, 8)), mesh.devices.flat[0], precision)
     rows, repl = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
 
     n_qb = -(-n_q // block_size)
