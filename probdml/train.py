@@ -402,7 +402,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_ch
         record["selected"] = picked
     mngr.close()
     if writer is not None:
-        writer.write_scalars(final_step, {f"test/{k}": v for k, v in final.items()})
+        if sel.split == "val":  # otherwise the loop already logged the last step's test evaluation
+            writer.write_scalars(final_step, {f"test/{k}": v for k, v in final.items()})
         if sel.split:
             writer.write_scalars(final_step, {f"test@selected/{k}": v for k, v in record["selected"].items()})
         writer.close()
