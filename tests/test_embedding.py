@@ -35,13 +35,14 @@ def test_small_backbone_with_semantic_and_uncertainty_heads():
     assert set(params) == {"backbone", "embedding", "uncertainty"}
     assert "embedding" not in params["backbone"]  # no unused linear head inside the backbone
     out = net.apply(variables, IMAGES)
-    assert set(out) == {"embedding", "uncertainty", "features"}
+    assert set(out) == {"embedding", "embedding_norm", "uncertainty", "features"}
     # the backbone is SmallConvNet's feature extractor with the same parameters
     features = SmallConvNet(embed_dim=0, widths=(4, 8), hidden=10).apply({"params": params["backbone"]}, IMAGES)
     np.testing.assert_array_equal(out["features"], features["features"])
     y = _linear(out["features"], params["embedding"]["dense"])
     np.testing.assert_allclose(out["embedding"], y / np.sqrt(np.sum(y * y, 1, keepdims=True) + 1e-12), rtol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(out["embedding"], axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(out["embedding_norm"], np.linalg.norm(y, axis=1), rtol=1e-5)  # before normalising
     np.testing.assert_allclose(out["uncertainty"], _linear(out["features"], params["uncertainty"]["dense"]),
                                rtol=1e-5, atol=1e-6)
 

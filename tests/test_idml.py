@@ -46,8 +46,9 @@ def test_compat_proxy_anchor_equals_official_formula_hand_computed():
     with jax.enable_x64(True):
         obj = objective.build_objective(config.loss, 2, 2)
         proxies = jnp.array([[0.0, 2.0], [2.0, 0.0]])  # raw, norm 2
-        outputs = {"embedding": jnp.array([[3.0, 4.0], [1.0, 0.0]]),  # x^ = (0.6, 0.8), (1, 0)
-                   "uncertainty": jnp.array([[0.0, 3.0], [-1.0, 1.0]])}  # |u^|^2 = 1: beta + 4 = 5
+        # the compat model normalises x and u (the official --l2-norm 1): x^ = (0.6, 0.8), (1, 0); |u^|^2 = 1
+        outputs = {"embedding": jnp.array([[0.6, 0.8], [1.0, 0.0]]),
+                   "uncertainty": jnp.array([[0.0, 1.0], [-math.sqrt(0.5), math.sqrt(0.5)]])}  # beta + 4 = 5
         labels = jnp.array([0, 1])
         loss, _ = obj.apply({"proxies": proxies}, outputs, labels, jax.random.key(0))
         # cos(x^_i, p^_c): [[0.8, 0.6], [0, 1]]; ||x^_i - p_c||^2: [[1.8, 2.6], [5, 1]]; exp(-5 / (5 d))
