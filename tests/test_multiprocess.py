@@ -96,8 +96,10 @@ def test_two_processes_preempted_and_resumed_match_one_process(digits_data_dir, 
         final = json.load(f)
     assert final["step"] == reference["step"] == NUM_STEPS
     assert final.keys() == reference.keys()
+    assert final["split"] == reference["split"] == "test"
     for name, value in reference.items():
-        np.testing.assert_allclose(final[name], value, rtol=0, atol=2e-3, err_msg=name)
+        if isinstance(value, (int, float)):
+            np.testing.assert_allclose(final[name], value, rtol=0, atol=2e-3, err_msg=name)
     lines = [json.loads(l) for l in open(workdir / "metrics.jsonl")]
     steps = [l["step"] for l in lines if "train/loss" in l]
     assert steps == sorted(set(steps))  # process 0 wrote each logged step once
