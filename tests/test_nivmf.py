@@ -165,17 +165,16 @@ def test_gradients_finite_at_extreme_concentrations_and_temperatures(opts):
     e = jnp.array([[1e-3, 0, 0, 0], [3e3, 1.0, 0, 0], [0, 50.0, 0, 0]])
     v = jnp.array([[1.0, 0, 0, 0], [0, 1.0, 0, 0]])
     kappas = jnp.array([[0.1, 0.1, 0.1, 0.1], [1e3, 2.0, 50.0, 0.5]])
-    for opts in (opts,):
-        fn = similarity.get_similarity("el_nivmf", **opts)
+    fn = similarity.get_similarity("el_nivmf", **opts)
 
-        def total(e_, v_, k_, t):
-            return jnp.sum(fn({"embedding": e_}, {"embedding": v_, "kappas": k_}, key=jax.random.key(0),
-                              temperature=t).similarity)
+    def total(e_, v_, k_, t):
+        return jnp.sum(fn({"embedding": e_}, {"embedding": v_, "kappas": k_}, key=jax.random.key(0),
+                          temperature=t).similarity)
 
-        grad = jax.jit(jax.grad(total, argnums=(0, 1, 2, 3)))
-        for t in (1.0, 0.003):
-            grads = grad(e, v, kappas, jnp.float32(t))
-            assert all(bool(jnp.all(jnp.isfinite(g))) for g in grads), (opts, t)
+    grad = jax.jit(jax.grad(total, argnums=(0, 1, 2, 3)))
+    for t in (1.0, 0.003):
+        grads = grad(e, v, kappas, jnp.float32(t))
+        assert all(bool(jnp.all(jnp.isfinite(g))) for g in grads), (opts, t)
 
 
 def test_guidance_proxy_anchor_counts_batch_columns():
