@@ -59,8 +59,8 @@ def test_resume_continues_exactly(tiny_config, tmp_path):
     full = train.train_and_evaluate(tiny_config, str(tmp_path / "full"))
     tiny_config.num_steps = 8  # "interrupted" after the checkpoint at step 8
     train.train_and_evaluate(tiny_config, str(tmp_path / "resumed"))
-    tiny_config.num_steps = 12
-    resumed = train.train_and_evaluate(tiny_config, str(tmp_path / "resumed"))
+    tiny_config.num_steps = 12  # extending a run is a config change the workdir accepts only when asked
+    resumed = train.train_and_evaluate(tiny_config, str(tmp_path / "resumed"), allow_changes=("num_steps",))
     assert resumed == full
     _, pf = _params(str(tmp_path / "full"))
     _, pr = _params(str(tmp_path / "resumed"))
