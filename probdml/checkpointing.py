@@ -117,9 +117,20 @@ class VerifiedCheckpointManager(ocp.CheckpointManager):
 
 def _screen(directory: str) -> None:
     """Move aside the steps whose small files orbax reads when a manager opens (step metadata, the metrics
-    item) are damaged, so that opening never fails; the full verification is left to restoring."""
-    if not os.path.isdir(directory):
-        return
+    item) are damaged, so that opening never fails; the full verification is left to restoring.
+
+    Process 0 screens; with several processes every one of them then meets at one barrier, whether or not
+    the folder exists yet (an early return on one process only would pair its next barrier with this one)."""
+    if jax.process_index() == 0 and os.path.isdir(directory):
+        _screen_steps(directory)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("probdml-checkpoint-screen")
+
+
+def _screen_steps(directory: str) -> None:
+    """The screening of `_screen`, on one process."""
     for name in sorted(os.listdir(directory), key=lambda n: (len(n), n)):
         step_dir = os.path.join(directory, name)
         if not (name.isdigit() and os.path.isdir(step_dir)):
@@ -132,13 +143,9 @@ def _screen(directory: str) -> None:
                     json.load(f)
             except (OSError, ValueError):
                 reason = "unreadable _CHECKPOINT_METADATA"
-        if reason is not None and jax.process_index() == 0:
+        if reason is not None:
             target = move_aside(directory, int(name))
             warnings.warn(f"checkpoint at step {name} is damaged: {reason}; moved to {target}", DamagedCheckpointWarning)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices("probdml-checkpoint-screen")
 
 
 def manager(workdir: str, keep: int, best_metric: str = "") -> VerifiedCheckpointManager:
