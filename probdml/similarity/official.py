@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from probdml.distributions import _marsaglia_tsang
+from probdml.similarity.basic import safe_sqrt
 
 Array = jax.Array
 
@@ -107,5 +108,7 @@ def official_vmf_sample(key: Array, mu: Array, kappa: Array, num_samples: int) -
     v = v / jnp.linalg.norm(v, axis=-1, keepdims=True)
     x = jnp.concatenate([w, jnp.sqrt(jnp.maximum(1.0 - w * w, _ROOT_EPS)) * v], axis=-1)
     h = jnp.zeros_like(mu).at[:, 0].set(1.0) - mu
-    h = h / jnp.maximum(jnp.linalg.norm(h, axis=-1, keepdims=True), _ROOT_EPS)
+    # |h| by safe_sqrt: the value of the official norm, with a zero gradient at h = 0 (mu = e_1) as torch's
+    # norm has; jnp.linalg.norm's is 0 * inf = NaN there.
+    h = h / jnp.maximum(safe_sqrt(jnp.sum(h * h, axis=-1, keepdims=True)), _ROOT_EPS)
     return x - 2.0 * jnp.sum(x * h, axis=-1, keepdims=True) * h
