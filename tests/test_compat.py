@@ -100,6 +100,64 @@ def test_official_sampler_matches_numpy_transcription(dim):
     assert np.all(rate_ref[above] > 0.999)  # the blended b accepts almost every proposal (the bias)
 
 
+@pytest.fixture
+def xla_unoptimised():
+    """XLA with most optimisations off for one test: compiling the sampler dominates its tiny programs."""
+    previous = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", previous)
+
+
+def test_official_sample_gradient_at_mu_e1(xla_unoptimised):
+    # mu = e_1 gives h = e_1 - mu = 0: the official u = h / max(|h|, 1e-7) is 0, z = x - 2 (x.u) u is
+    # quadratic in u, so dz/dmu = 0 there (torch's norm has a zero gradient at 0; an unguarded sqrt gives
+    # 0 * inf = NaN). x is then [w, sqrt(1 - w^2) v] unrotated, and with b = b_true (kappa < 10), e recovered
+    # from w: dw/dkappa = -2 e (1 - e) / (1 - (1 - b) e)^2 * (4 kappa / c - 2) / m, c = sqrt(4 kappa^2 + m^2).
+    dim, n = 4, 3
+    mu = jnp.array([[1.0, 0.0, 0.0, 0.0], [0.6, 0.0, 0.8, 0.0]])
+    kappa = jnp.array([1e-3, 30.0])
+    weights = jnp.asarray(np.random.default_rng(0).normal(size=(n, 2, dim)), jnp.float32)
+
+    def total(mu_, kappa_, weights_, key):
+        x = similarity.official_vmf_sample(key, mu_, kappa_, n)
+        return jnp.sum(x * weights_), x
+
+    (g_mu, g_kappa), x = jax.jit(jax.grad(total, argnums=(0, 1), has_aux=True))(mu, kappa, weights, jax.random.key(0))
+    assert np.all(np.isfinite(g_mu)) and np.all(np.isfinite(g_kappa))
+    np.testing.assert_array_equal(g_mu[0], 0.0)
+    x0, c0 = np.asarray(x[:, 0], np.float64), np.asarray(weights[:, 0], np.float64)
+    w, k, m = x0[:, 0], 1e-3, dim - 1.0
+    assert np.all(1.0 - w * w > 1e-6)  # the 1e-7 clamp is inactive: x_j = sqrt(1 - w^2) v_j
+    root = math.sqrt(4.0 * k * k + m * m)
+    b = (root - 2.0 * k) / m
+    e = (1.0 - w) / (1.0 + b - (1.0 - b) * w)
+    dw = -2.0 * e * (1.0 - e) / (1.0 - (1.0 - b) * e) ** 2 * (4.0 * k / root - 2.0) / m
+    dx = np.concatenate([np.ones((n, 1)), -w[:, None] * x0[:, 1:] / (1.0 - w * w)[:, None]], axis=1) * dw[:, None]
+    assert float(g_kappa[0]) == pytest.approx(np.sum(dx * c0), rel=1e-3)
+
+
+def test_official_sample_vmap_over_keys_equals_loop_over_keys(xla_unoptimised):
+    # vmap turns the rejection while_loop's predicate into a batched one (the body runs for every key while
+    # any key has a pending draw; finished keys keep their state). lax.map runs the unbatched loop key by key,
+    # as a Python loop over keys would. A different accepted proposal would move w by O(0.1); rounding by ~1e-7.
+    dim, n = 4, 5
+    mu = jnp.asarray(np.random.default_rng(1).normal(size=(4, dim)), jnp.float32)
+    mu = mu / jnp.linalg.norm(mu, axis=1, keepdims=True)
+    kappa = jnp.array([0.5, 5.0, 10.5, 30.0])  # Wood's exact b, the blend, and b_app (acceptance ~1)
+
+    def draw(key, mu_, kappa_):
+        return similarity.official_vmf_sample(key, mu_, kappa_, n)
+
+    def both(keys, mu_, kappa_):
+        return jax.vmap(draw, in_axes=(0, None, None))(keys, mu_, kappa_), jax.lax.map(lambda k: draw(k, mu_, kappa_), keys)
+
+    keys = jax.random.split(jax.random.key(3), 6)
+    batched, looped = jax.jit(both)(keys, mu, kappa)
+    np.testing.assert_allclose(np.asarray(batched), np.asarray(looped), rtol=0, atol=1e-6)
+    assert np.asarray(batched).std(axis=0).min() > 1e-3  # the keys give different draws
+
+
 # ----------------------------------------------------------------------------------------------------
 # 2. The compat EL-nivMF loss
 
