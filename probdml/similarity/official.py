@@ -65,7 +65,8 @@ def _accepted_proposals(key: Array, b: Array, a: Array, d: Array, dim: int) -> A
 
     e = G1 / (G1 + G2) from two Gamma(m/2) draws by Marsaglia-Tsang (their own rejection steps are
     accepted jointly with the official test, so the kept e is Beta(m/2, m/2) conditioned on that test
-    exactly; cheaper to compile than jax.random.beta)."""
+    exactly; cheaper to compile than jax.random.beta). Under jax.vmap over keys the loop runs while any key
+    has a pending draw and finished keys keep their state, so each key draws what it draws alone."""
     alpha = (dim - 1.0) / 2.0
     boost = alpha < 1.0
 
