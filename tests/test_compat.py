@@ -150,7 +150,8 @@ def test_official_sample_vmap_over_keys_equals_loop_over_keys(xla_unoptimised):
         return similarity.official_vmf_sample(key, mu_, kappa_, n)
 
     def both(keys, mu_, kappa_):
-        return jax.vmap(draw, in_axes=(0, None, None))(keys, mu_, kappa_), jax.lax.map(lambda k: draw(k, mu_, kappa_), keys)
+        batched = jax.vmap(draw, in_axes=(0, None, None))(keys, mu_, kappa_)
+        return batched, jax.lax.map(lambda k: draw(k, mu_, kappa_), keys)
 
     keys = jax.random.split(jax.random.key(3), 6)
     batched, looped = jax.jit(both)(keys, mu, kappa)
