@@ -43,13 +43,13 @@ def _pml_run(loss, miner, batches, enqueue_masks=None):
     return values, grads
 
 
-def _assert_close(ours, pml):
+def _assert_close(ours, pml, name=""):
     (v_ours, g_ours), (v_pml, g_pml) = ours, pml
     for t in range(STEPS):
-        assert v_pml[t] > 0
-        np.testing.assert_allclose(v_ours[t], v_pml[t], rtol=1e-5)
+        assert v_pml[t] > 0, f"{name} batch {t}: PML's loss is 0, a vacuous comparison"
+        np.testing.assert_allclose(v_ours[t], v_pml[t], rtol=1e-5, err_msg=f"{name} value, batch {t}")
         scale = np.max(np.abs(g_pml[t]))
-        np.testing.assert_allclose(g_ours[t], g_pml[t], rtol=1e-5, atol=1e-6 * scale)
+        np.testing.assert_allclose(g_ours[t], g_pml[t], rtol=1e-5, atol=1e-6 * scale, err_msg=f"{name} grad, batch {t}")
 
 
 CASES = {
@@ -92,6 +92,46 @@ def test_objective_with_memory_equals_pml_cross_batch_memory(case):
     np.testing.assert_array_equal(np.asarray(memory.labels[:4]), batches[2][1][4:])
     np.testing.assert_array_equal(np.asarray(memory.labels[4:16]), np.concatenate([batches[0][1][4:], batches[1][1]]))
     _assert_close((values, grads), _pml_run(pml_loss(), pml_miner(), batches))
+
+
+# The other losses of MEMORY_LOSSES with pytorch-metric-learning's defaults: name -> (PML loss, reads a similarity).
+OTHER_LOSSES = {
+    "margin": (lambda: pml_losses.MarginLoss(), False),
+    "circle": (lambda: pml_losses.CircleLoss(), True),
+    "sup_con": (lambda: pml_losses.SupConLoss(), True),
+    "nt_xent": (lambda: pml_losses.NTXentLoss(), True),
+    "generalized_lifted_structure": (lambda: pml_losses.GeneralizedLiftedStructureLoss(), False),
+    "tuplet_margin": (lambda: pml_losses.TupletMarginLoss(), True),
+    "intra_pair_variance": (lambda: pml_losses.IntraPairVarianceLoss(), True),
+}
+
+
+def test_every_memory_loss_equals_pml_cross_batch_memory():
+    """The losses not covered above, from the array functions (one compile for all of them)."""
+    assert set(OTHER_LOSSES) | {"contrastive", "multi_similarity", "triplet_margin"} == set(losses.MEMORY_LOSSES)
+    pairwise = similarity.get_similarity("cosine")
+
+    @jax.jit
+    def step(memory, e, y):
+        memory, slots = memory.enqueue({"embedding": e}, y)
+        out = {}
+        for name, (_, reads_sim) in OTHER_LOSSES.items():
+            def loss(q, name=name, reads_sim=reads_sim):
+                pair = pairwise({"embedding": q}, memory.outputs)
+                kw = memory.references(slots, triplets=True if name == "margin" else None)
+                return losses.LOSS_REGISTRY[name].fn(pair.similarity if reads_sim else pair.distance, y, **kw)
+            out[name] = jax.value_and_grad(loss)(e)
+        return memory, out
+
+    memory = losses.CrossBatchMemory.create(M, {"embedding": jnp.zeros((1, D))})
+    ours = {name: ([], []) for name in OTHER_LOSSES}
+    for e, y in _batches(2):
+        memory, out = step(memory, jnp.asarray(e), jnp.asarray(y))
+        for name, (value, grad) in out.items():
+            ours[name][0].append(float(value))
+            ours[name][1].append(np.asarray(grad))
+    for name, (pml_loss, _) in OTHER_LOSSES.items():
+        _assert_close(ours[name], _pml_run(pml_loss(), None, _batches(2)), name)
 
 
 def test_enqueue_mask_equals_pml():

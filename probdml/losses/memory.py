@@ -24,6 +24,12 @@ no self pairs exist then. Difference: pytorch-metric-learning marks the memory a
 of zero samples (its wrap-around test `queue_idx <= previous queue_idx` holds); here the count only
 grows by what was enqueued.
 
+pytorch-metric-learning's CrossBatchMemory also accepts four losses that MEMORY_LOSSES leaves out:
+AngularLoss (the angular loss here reads s(p, n) between two references, an [M, M] matrix), LiftedStructureLoss
+(with a memory its negatives are selected by comparing memory indices with batch indices), NCALoss (it
+ignores the pairs and keeps each query's own memory copy as a positive at distance 0) and
+SignalToNoiseRatioContrastiveLoss (the objective computes the SNR distance of the batch with itself).
+
 Usage in JAX code (the trainer does the same with `loss.memory_size`, see `probdml.objective`):
 
     memory = CrossBatchMemory.create(1024, {"embedding": jnp.zeros((1, 128))})
