@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -183,9 +184,9 @@ _COMMON_KEYS = ("name", "similarity", "similarity_options", "miner", "memory_siz
 def memory_size(cfg: ml_collections.ConfigDict) -> int:
     """`cfg.memory_size` (0 = no cross-batch memory), checked: a non-negative integer."""
     size = cfg.get("memory_size", 0)
-    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 0:
         raise ConfigError(f"loss.memory_size must be a non-negative integer (0 = off), got {size!r}")
-    return size
+    return int(size)
 
 
 def _options(cfg: ml_collections.ConfigDict, defaults: dict) -> dict:
@@ -459,7 +460,8 @@ def _pair_objective(cfg: ml_collections.ConfigDict, num_classes: int, embed_dim:
     def apply(params: dict, outputs: dict, labels: Array, key: Array, state: dict | None = None) -> tuple[Array, dict]:
         if mem_size:
             if state is None or "memory" not in state:
-                raise ValueError(f"loss {name!r} with memory_size={mem_size} needs its state (init_state, update_state)")
+                raise ValueError(f"loss {name!r} with memory_size={mem_size} needs its state "
+                                 "(init_state, then update_state with the batch)")
             return memory_apply(params, outputs, labels, key, state)
         k_sim, k_mine = jax.random.split(key)
         pair = sim_fn(outputs, outputs, key=k_sim)

@@ -142,8 +142,10 @@ def create_setup(
     loss_state = {}
     if obj.init_state is not None:  # per-sample output shapes for the memory's slots
         check_memory(config)
-        like = jax.eval_shape(lambda v: models.float32_outputs(model.apply(v, jnp.zeros((1, *image_shape)), train=False)),
-                              variables)
+        def outputs(v):
+            return models.float32_outputs(model.apply(v, jnp.zeros((1, *image_shape)), train=False))
+
+        like = jax.eval_shape(outputs, variables)
         loss_state = obj.init_state(like)
     state = TrainState(
         step=jnp.asarray(0, jnp.int32),

@@ -59,7 +59,8 @@ def contrastive(
     Pairs default to all (i != j); `pos_mask` / `neg_mask` ([B, B] bool) restrict them (mined pairs).
     """
     check_pair_inputs("contrastive", "dist", dist, labels, sample_mask,
-                      pair_masks=(("pos_mask", pos_mask), ("neg_mask", neg_mask)), ref_labels=ref_labels, ref_mask=ref_mask)
+                      pair_masks=(("pos_mask", pos_mask), ("neg_mask", neg_mask)),
+                      ref_labels=ref_labels, ref_mask=ref_mask)
     pos, neg = mining.pair_masks(labels, sample_mask, ref_labels, ref_mask)
     pos = pos if pos_mask is None else pos & pos_mask
     neg = neg if neg_mask is None else neg & neg_mask
@@ -84,7 +85,8 @@ def triplet_margin(
     `triplets` ([B, B, B] bool or counts, e.g. from `mining.semihard_mask`) selects (anchor, pos, neg);
     default: all valid triplets.
     """
-    check_pair_inputs("triplet_margin", "dist", dist, labels, sample_mask, triplets=triplets, ref_labels=ref_labels, ref_mask=ref_mask)
+    check_pair_inputs("triplet_margin", "dist", dist, labels, sample_mask, triplets=triplets,
+                      ref_labels=ref_labels, ref_mask=ref_mask)
     valid = mining.triplet_mask(labels, sample_mask, ref_labels, ref_mask)
     weights = valid if triplets is None else valid * triplets
     losses = jax.nn.relu(dist[:, :, None] - dist[:, None, :] + margin)
@@ -111,7 +113,8 @@ def margin_loss(
     nu * beta for a scalar, sum_{triplets} nu beta_{y_a} / divisor per class.
     `triplets`: [B, B, B] bool or counts (e.g. `mining.distance_weighted_triplets`); default all valid.
     """
-    check_pair_inputs("margin_loss", "dist", dist, labels, sample_mask, triplets=triplets, ref_labels=ref_labels, ref_mask=ref_mask)
+    check_pair_inputs("margin_loss", "dist", dist, labels, sample_mask, triplets=triplets,
+                      ref_labels=ref_labels, ref_mask=ref_mask)
     valid = mining.triplet_mask(labels, sample_mask, ref_labels, ref_mask)
     w = (valid if triplets is None else valid * triplets).astype(dist.dtype)
     per_class = jnp.ndim(beta) == 1
@@ -157,7 +160,8 @@ def multi_similarity(
     given; here those pairs are used.
     """
     check_pair_inputs("multi_similarity", "sim", sim, labels, sample_mask,
-                      pair_masks=(("pos_mask", pos_mask), ("neg_mask", neg_mask)), ref_labels=ref_labels, ref_mask=ref_mask)
+                      pair_masks=(("pos_mask", pos_mask), ("neg_mask", neg_mask)),
+                      ref_labels=ref_labels, ref_mask=ref_mask)
     pos, neg = mining.pair_masks(labels, sample_mask, ref_labels, ref_mask)
     pos = pos if pos_mask is None else pos & pos_mask
     neg = neg if neg_mask is None else neg & neg_mask
@@ -218,7 +222,8 @@ def circle(
     Defined on a similarity with optimum 1 (the cosine; the margins are in its units).
     """
     check_pair_inputs("circle", "sim", sim, labels, sample_mask,
-                      pair_masks=(("pos_mask", pos_mask), ("neg_mask", neg_mask)), ref_labels=ref_labels, ref_mask=ref_mask)
+                      pair_masks=(("pos_mask", pos_mask), ("neg_mask", neg_mask)),
+                      ref_labels=ref_labels, ref_mask=ref_mask)
     pos, neg = _masks(labels, sample_mask, pos_mask, neg_mask, ref_labels, ref_mask)
     s_stop = jax.lax.stop_gradient(sim)
     pos_logit = -gamma * jax.nn.relu(1.0 + m - s_stop) * (sim - (1.0 - m))
@@ -246,7 +251,8 @@ def sup_con(
     L = mean of the positive L_i (AvgNonZeroReducer); 0 unless the batch has a positive and a negative pair.
     """
     check_pair_inputs("sup_con", "sim", sim, labels, sample_mask,
-                      pair_masks=(("pos_mask", pos_mask), ("neg_mask", neg_mask)), ref_labels=ref_labels, ref_mask=ref_mask)
+                      pair_masks=(("pos_mask", pos_mask), ("neg_mask", neg_mask)),
+                      ref_labels=ref_labels, ref_mask=ref_mask)
     pos, neg = _masks(labels, sample_mask, pos_mask, neg_mask, ref_labels, ref_mask)
     logits = sim / temperature
     denominator = masked_logsumexp(logits, pos | neg, axis=1)
@@ -275,7 +281,8 @@ def nt_xent(
     float inside the log, which changes l_ap only when the ratio underflows.
     """
     check_pair_inputs("nt_xent", "sim", sim, labels, sample_mask,
-                      pair_masks=(("pos_mask", pos_mask), ("neg_mask", neg_mask)), ref_labels=ref_labels, ref_mask=ref_mask)
+                      pair_masks=(("pos_mask", pos_mask), ("neg_mask", neg_mask)),
+                      ref_labels=ref_labels, ref_mask=ref_mask)
     pos, neg = _masks(labels, sample_mask, pos_mask, neg_mask, ref_labels, ref_mask)
     logits = sim / temperature
     has_neg = jnp.any(neg, axis=1)
@@ -331,7 +338,8 @@ def generalized_lifted_structure(
     counts 0); L = mean over all (valid) anchors (MeanReducer).
     """
     check_pair_inputs("generalized_lifted_structure", "dist", dist, labels, sample_mask,
-                      pair_masks=(("pos_mask", pos_mask), ("neg_mask", neg_mask)), ref_labels=ref_labels, ref_mask=ref_mask)
+                      pair_masks=(("pos_mask", pos_mask), ("neg_mask", neg_mask)),
+                      ref_labels=ref_labels, ref_mask=ref_mask)
     pos, neg = _masks(labels, sample_mask, pos_mask, neg_mask, ref_labels, ref_mask)
     per_anchor = jax.nn.relu(masked_logsumexp(dist - pos_margin, pos, axis=1)
                              + masked_logsumexp(neg_margin - dist, neg, axis=1))
@@ -358,7 +366,8 @@ def tuplet_margin(
     s cos m + sqrt(1 - s^2) sin m, finite-gradient at s = +-1 (pytorch-metric-learning's arccos is not).
     """
     check_pair_inputs("tuplet_margin", "sim", sim, labels, sample_mask,
-                      pair_masks=(("pos_mask", pos_mask), ("neg_mask", neg_mask)), ref_labels=ref_labels, ref_mask=ref_mask)
+                      pair_masks=(("pos_mask", pos_mask), ("neg_mask", neg_mask)),
+                      ref_labels=ref_labels, ref_mask=ref_mask)
     pos, neg = _masks(labels, sample_mask, pos_mask, neg_mask, ref_labels, ref_mask)
     mr = math.radians(margin)
     c = jnp.clip(sim, -1.0, 1.0)
@@ -388,7 +397,8 @@ def intra_pair_variance(
     (means over all pairs, MeanReducer; the means mu carry gradient). Defined on a similarity.
     """
     check_pair_inputs("intra_pair_variance", "sim", sim, labels, sample_mask,
-                      pair_masks=(("pos_mask", pos_mask), ("neg_mask", neg_mask)), ref_labels=ref_labels, ref_mask=ref_mask)
+                      pair_masks=(("pos_mask", pos_mask), ("neg_mask", neg_mask)),
+                      ref_labels=ref_labels, ref_mask=ref_mask)
     pos, neg = _masks(labels, sample_mask, pos_mask, neg_mask, ref_labels, ref_mask)
     mu_pos = masked_mean(sim, pos)
     mu_neg = masked_mean(sim, neg)
