@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+# One XLA compilation cache for the session, shared with every subprocess the tests start (CLI runs,
+# notebook kernels, the multi-process test): the same small programs are compiled once, not per process.
+# Set before JAX is imported; a cache the caller configured is left alone.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _CACHE = tempfile.mkdtemp(prefix="probdml-test-xla-cache-")
+    atexit.register(shutil.rmtree, _CACHE, True)
+    os.environ.update({
+        "JAX_COMPILATION_CACHE_DIR": _CACHE,
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    })
 
 
 @pytest.fixture(scope="session")

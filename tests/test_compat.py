@@ -1,7 +1,8 @@
 """`compat` modes against independent implementations of the official computations.
 
 - The official EL-nivMF sampler (its blended b, a, d and accept loop): accepted-sample statistics and
-  acceptance rates against a numpy transcription of the algorithm, across the b-mixture switch.
+  acceptance rates against a numpy transcription of the algorithm, across the b-mixture switch; its
+  gradient at mu = e_1 (hand-derived); vmap over keys draws what a loop over keys draws.
 - The compat EL-nivMF loss: mean and mean gradient over 400 keys against a torch evaluation of the
   official formula (numpy-drawn accepted proposals, torch autograd through b).
 - The IDML compat metric in ProxyAnchor: value and full gradient against a torch forward of the official
@@ -98,6 +99,64 @@ def test_official_sampler_matches_numpy_transcription(dim):
     np.testing.assert_array_less(np.abs(rate - rate_ref), tol)
     above = kappas >= 11.0
     assert np.all(rate_ref[above] > 0.999)  # the blended b accepts almost every proposal (the bias)
+
+
+@pytest.fixture
+def xla_unoptimised():
+    """XLA with most optimisations off for one test: compiling the sampler dominates its tiny programs."""
+    previous = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", previous)
+
+
+def test_official_sample_gradient_at_mu_e1(xla_unoptimised):
+    # mu = e_1 gives h = e_1 - mu = 0: the official u = h / max(|h|, 1e-7) is 0, z = x - 2 (x.u) u is
+    # quadratic in u, so dz/dmu = 0 there (torch's norm has a zero gradient at 0; an unguarded sqrt gives
+    # 0 * inf = NaN). x = [w, sqrt(1 - w^2) v] is then unrotated. p = 3 (the Householder step is the same for
+    # every p; no rejection loop to compile): w = 1 + L / kappa, L = log(u + (1 - u) e^{-2 kappa}), so with
+    # u recovered from w, dw/dkappa = (1 - w) / kappa - 2 (1 - e^L) e^{-2 kappa} / (kappa (1 - e^{-2 kappa}) e^L).
+    dim, n, k = 3, 3, 2.0
+    mu = jnp.array([[1.0, 0.0, 0.0], [0.6, 0.0, 0.8]])
+    kappa = jnp.array([k, 30.0])
+    weights = jnp.asarray(np.random.default_rng(0).normal(size=(n, 2, dim)), jnp.float32)
+
+    def total(mu_, kappa_, weights_, key):
+        x = similarity.official_vmf_sample(key, mu_, kappa_, n)
+        return jnp.sum(x * weights_), x
+
+    (g_mu, g_kappa), x = jax.jit(jax.grad(total, argnums=(0, 1), has_aux=True))(mu, kappa, weights, jax.random.key(0))
+    assert np.all(np.isfinite(g_mu)) and np.all(np.isfinite(g_kappa))
+    np.testing.assert_array_equal(g_mu[0], 0.0)
+    x0, c0 = np.asarray(x[:, 0], np.float64), np.asarray(weights[:, 0], np.float64)
+    w = x0[:, 0]
+    assert np.all(1.0 - w * w > 1e-6)  # the 1e-7 clamp is inactive: x_j = sqrt(1 - w^2) v_j
+    el, tail = np.exp(k * (w - 1.0)), math.exp(-2.0 * k)
+    dw = (1.0 - w) / k - 2.0 * (1.0 - el) * tail / (k * (1.0 - tail) * el)
+    dx = np.concatenate([np.ones((n, 1)), -w[:, None] * x0[:, 1:] / (1.0 - w * w)[:, None]], axis=1) * dw[:, None]
+    assert float(g_kappa[0]) == pytest.approx(np.sum(dx * c0), rel=1e-3)
+
+
+def test_official_sample_vmap_over_keys_equals_loop_over_keys(xla_unoptimised):
+    # vmap turns the rejection while_loop's predicate into a batched one (the body runs for every key while
+    # any key has a pending draw; finished keys keep their state). lax.map runs the unbatched loop key by key,
+    # as a Python loop over keys would. A different accepted proposal would move w by O(0.1); rounding by ~1e-7.
+    dim, n = 4, 5
+    mu = jnp.asarray(np.random.default_rng(1).normal(size=(4, dim)), jnp.float32)
+    mu = mu / jnp.linalg.norm(mu, axis=1, keepdims=True)
+    kappa = jnp.array([0.5, 5.0, 10.5, 30.0])  # Wood's exact b, the blend, and b_app (acceptance ~1)
+
+    def draw(key, mu_, kappa_):
+        return similarity.official_vmf_sample(key, mu_, kappa_, n)
+
+    def both(keys, mu_, kappa_):
+        batched = jax.vmap(draw, in_axes=(0, None, None))(keys, mu_, kappa_)
+        return batched, jax.lax.map(lambda k: draw(k, mu_, kappa_), keys)
+
+    keys = jax.random.split(jax.random.key(3), 6)
+    batched, looped = jax.jit(both)(keys, mu, kappa)
+    np.testing.assert_allclose(np.asarray(batched), np.asarray(looped), rtol=0, atol=1e-6)
+    assert np.asarray(batched).std(axis=0).min() > 1e-3  # the keys give different draws
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -243,6 +243,9 @@ def test_recall_by_uncertainty_and_mix_partners():
         gradients.mix_partners(np.array([1, 1]))
 
 
+_ENV = {**os.environ, "PYTHONPATH": ROOT, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}  # small runs: compilation dominates
+
+
 @pytest.fixture(scope="module")
 def digits_idml_run(digits_data_dir, tmp_path_factory):
     """configs/digits_idml.py through the CLI: the default network, 100 steps, one evaluation at the end."""
@@ -252,7 +255,7 @@ def digits_idml_run(digits_data_dir, tmp_path_factory):
          f"--config.data.data_dir={digits_data_dir}", "--config.num_steps=100", "--config.eval_every=100",
          "--config.checkpoint_every=100", "--config.log_every=50", "--config.eval.clustering=False",
          "--config.selection.split="],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True, timeout=600,
+        cwd=ROOT, env=_ENV, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return workdir
@@ -265,7 +268,7 @@ def test_gradient_analysis_cli_on_a_digits_run(digits_idml_run):
     out = digits_idml_run / "analysis"
     proc = subprocess.run(
         [sys.executable, "-m", "probdml.analysis.gradients", f"--workdir={digits_idml_run}", "--num_samples=256"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True, timeout=600,
+        cwd=ROOT, env=_ENV, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(out / "analysis.json") as f:

@@ -3,6 +3,8 @@ outputs, similarities, special functions and losses; and why those must not run 
 
 from __future__ import annotations
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -119,3 +121,32 @@ def test_float16_overflows_in_logsumexp_losses_and_miner_weights_but_not_after_t
     dist = jnp.sqrt(jnp.maximum(similarity.sq_euclidean(unit, unit), 0.0))
     w = np.asarray(mining.distance_weighted_weights(dist, jnp.asarray(labels), dim=128))
     assert np.all(np.isfinite(w)) and np.allclose(w.sum(axis=1)[w.sum(axis=1) > 0], 1.0, atol=1e-5)
+
+
+def _train_digits(tiny_config, tmp_path, dtype: str, seed: int) -> tuple[dict, list[float]]:
+    """The tiny digits run (30 steps, loss logged every step, one evaluation at the end): its final test
+    metrics and its logged training losses."""
+    config = _tiny(tiny_config, dtype)
+    config.seed = seed
+    config.num_steps, config.log_every, config.eval_every, config.checkpoint_every = 30, 1, 30, 30
+    config.eval.clustering = False
+    workdir = tmp_path / f"{dtype}_{seed}"
+    final = train.train_and_evaluate(config, str(workdir))
+    with open(workdir / "metrics.jsonl") as f:
+        losses = [row["train/loss"] for row in map(json.loads, f) if "train/loss" in row]
+    return final, losses
+
+
+def test_bfloat16_training_reaches_float32_recall_within_seed_noise(tiny_config, tmp_path):
+    """bf16 compute on digits: every logged loss finite, and test recall@1 as far from the float32 run of the
+    same seed as two float32 seeds are from each other, or at most 3 binomial standard errors of a recall@1
+    measured on the test set (sqrt(p (1 - p) / n)), whichever is larger."""
+    f32, f32_losses = _train_digits(tiny_config, tmp_path, "float32", 0)
+    other, _ = _train_digits(tiny_config, tmp_path, "float32", 1)
+    bf16, bf16_losses = _train_digits(tiny_config, tmp_path, "bfloat16", 0)
+    assert len(bf16_losses) == 30 and all(np.isfinite(bf16_losses))
+    assert f32_losses != bf16_losses  # the bf16 run did compute in bf16
+    p, n = f32["recall@1"], 896  # digits' test split: classes 5-9 of sklearn's 1797 digits
+    noise = max(abs(f32["recall@1"] - other["recall@1"]), 3 * np.sqrt(p * (1 - p) / n))
+    assert abs(bf16["recall@1"] - f32["recall@1"]) <= noise, (bf16["recall@1"], f32["recall@1"], other["recall@1"])
+    assert f32["recall@1"] > 0.5  # the runs learned something: chance is about 0.2

@@ -156,9 +156,7 @@ def test_nivmf_kl_and_bhattacharyya_closed_forms_match_monte_carlo():
 
 @pytest.mark.parametrize("opts", [
     {"temperature_placement": "inside"},
-    pytest.param({"compat": True}, marks=pytest.mark.xfail(strict=True, reason=(
-        "known issue (issue 20, open): the official sampler's gradient is non-finite for the image of norm 1e-3 "
-        "at T = 1 when XLA optimisations are off; finite with them on"))),
+    {"compat": True},
     {"form": "exact", "estimator": "monte_carlo", "num_samples": 3},
 ])
 def test_gradients_finite_at_extreme_concentrations_and_temperatures(opts):

@@ -15,6 +15,7 @@ from probdml import models, nivmf_recipes, objective, optim, similarity, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATASETS = ("cub200", "cars196", "sop")
+_EVALUATED_LOSSES: set[tuple[str, int]] = set()
 
 
 def load_config_module(path: str):
@@ -66,7 +67,12 @@ def test_every_run_builds_a_valid_config(config_module, tmp_path):
         params = obj.init(jax.random.key(0))
         tx = optim.make_optimizer(config.optim, {"model": {"w": jnp.zeros(2)}, "loss": params})
         tx.init({"model": {"w": jnp.zeros(2)}, "loss": params})
-        if run.endswith("compat") or run.endswith("_d128") or dataset == "sop":
+        # A finite loss for each distinct loss config (they repeat across datasets); of the official sampler's
+        # (compat) runs only r128_compat: its finiteness is covered in depth by tests/test_nivmf.py.
+        key = (config.loss.to_json(), dim)
+        wanted = run == "r128_compat" or run.endswith("_d128") or (dataset == "sop" and not run.endswith("compat"))
+        if wanted and key not in _EVALUATED_LOSSES:
+            _EVALUATED_LOSSES.add(key)
             emb = jnp.asarray(rng.normal(size=(6, dim)) * 2.0, jnp.float32)
             loss, _ = obj.apply(params, {"embedding": emb}, labels, jax.random.key(1))
             assert np.isfinite(float(loss)), run

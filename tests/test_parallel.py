@@ -18,6 +18,7 @@ def results():
         **os.environ,
         "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
         "JAX_PLATFORMS": "cpu",
+        "JAX_DISABLE_MOST_OPTIMIZATIONS": "1",  # one step per config: compilation dominates
         "PYTHONPATH": ROOT,
     }
     names = list(parallel_configs.CONFIGS)

@@ -3,8 +3,6 @@
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import jax
@@ -13,8 +11,6 @@ import pytest
 
 from probdml import train
 from probdml.errors import ConfigError
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _params(workdir):
@@ -76,53 +72,16 @@ def test_bad_config_raises_config_error(tiny_config, tmp_path):
         train.train_and_evaluate(tiny_config, str(tmp_path / "missing" / "w"))
 
 
-def _cli(workdir, data_dir, *extra):
-    return [
-        sys.executable, "-m", "probdml.main", "--config=configs/digits.py", f"--workdir={workdir}",
-        f"--config.data.data_dir={data_dir}", "--config.num_steps=60", "--config.checkpoint_every=10",
-        "--config.eval_every=30", "--config.log_every=10", "--config.model.hidden=32",
-        "--config.model.widths=(8,16)", "--config.model.embed_dim=16", *extra,
-    ]
-
-
-def _env():
-    return {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "PYTHONPATH": ROOT}
-
-
-@pytest.fixture(scope="module")
-def uninterrupted_cli_metrics(digits_data_dir, tmp_path_factory):
-    """(workdir, final metrics) of the small CLI run without interruption (shared by the kill tests)."""
-    workdir = tmp_path_factory.mktemp("ref") / "run"
-    ref = subprocess.run(_cli(workdir, digits_data_dir), cwd=ROOT, env=_env(), capture_output=True, text=True)
-    assert ref.returncode == 0, ref.stderr[-2000:]
-    with open(workdir / "final_metrics.json") as f:
-        return workdir, json.load(f)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_killed_cli_run_resumes_to_the_same_final_metrics(digits_data_dir, uninterrupted_cli_metrics, tmp_path, sig):
-    work = tmp_path / "killed"
-    proc = subprocess.Popen(_cli(work, digits_data_dir), cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    ckpts = work / "checkpoints"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if ckpts.is_dir() and any(p.isdigit() and int(p) >= 20 for p in os.listdir(ckpts)):
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be interrupted"
-    proc.send_signal(sig)
-    out, _ = proc.communicate(timeout=60)
-    assert proc.returncode != 0
-    if sig == signal.SIGTERM:
-        assert "SIGTERM: saved a checkpoint" in out
-    again = subprocess.run(_cli(work, digits_data_dir), cwd=ROOT, env=_env(), capture_output=True, text=True)
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert "resumed from checkpoint at step" in again.stdout
-    ref_dir, ref_metrics = uninterrupted_cli_metrics
-    with open(work / "final_metrics.json") as g:
-        assert json.load(g) == ref_metrics
-    (step_a, params_a), (step_b, params_b) = _params(str(ref_dir)), _params(str(work))
-    assert step_a == step_b == 60
-    for x, y in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
-        np.testing.assert_array_equal(x, y)
+def test_sigterm_and_sigint_request_a_checkpoint_then_a_second_sigint_interrupts():
+    """The single-process preemption handler (the CLI kill/resume runs are in tests/test_run_integrity.py)."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        before = signal.getsignal(sig)
+        with train._Preemption() as pre:
+            assert not pre.reached(1)
+            os.kill(os.getpid(), sig)
+            assert pre.reached(2) and pre.signum == sig and pre.name == sig.name
+            if sig == signal.SIGINT:
+                with pytest.raises(KeyboardInterrupt):
+                    os.kill(os.getpid(), signal.SIGINT)
+                    time.sleep(0.1)
+        assert signal.getsignal(sig) is before  # the previous handler is back

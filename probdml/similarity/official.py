@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from probdml.distributions import _marsaglia_tsang
+from probdml.similarity.basic import safe_sqrt
 
 Array = jax.Array
 
@@ -64,7 +65,8 @@ def _accepted_proposals(key: Array, b: Array, a: Array, d: Array, dim: int) -> A
 
     e = G1 / (G1 + G2) from two Gamma(m/2) draws by Marsaglia-Tsang (their own rejection steps are
     accepted jointly with the official test, so the kept e is Beta(m/2, m/2) conditioned on that test
-    exactly; cheaper to compile than jax.random.beta)."""
+    exactly; cheaper to compile than jax.random.beta). Under jax.vmap over keys the loop runs while any key
+    has a pending draw and finished keys keep their state, so each key draws what it draws alone."""
     alpha = (dim - 1.0) / 2.0
     boost = alpha < 1.0
 
@@ -107,5 +109,7 @@ def official_vmf_sample(key: Array, mu: Array, kappa: Array, num_samples: int) -
     v = v / jnp.linalg.norm(v, axis=-1, keepdims=True)
     x = jnp.concatenate([w, jnp.sqrt(jnp.maximum(1.0 - w * w, _ROOT_EPS)) * v], axis=-1)
     h = jnp.zeros_like(mu).at[:, 0].set(1.0) - mu
-    h = h / jnp.maximum(jnp.linalg.norm(h, axis=-1, keepdims=True), _ROOT_EPS)
+    # |h| by safe_sqrt: the value of the official norm, with a zero gradient at h = 0 (mu = e_1) as torch's
+    # norm has; jnp.linalg.norm's is 0 * inf = NaN there.
+    h = h / jnp.maximum(safe_sqrt(jnp.sum(h * h, axis=-1, keepdims=True)), _ROOT_EPS)
     return x - 2.0 * jnp.sum(x * h, axis=-1, keepdims=True) * h
