@@ -106,10 +106,8 @@ OTHER_LOSSES = {
 }
 
 
-@pytest.mark.slow
 def test_every_memory_loss_equals_pml_cross_batch_memory():
-    """The losses not covered above, from the array functions (one compile for all of them; slow: the seven
-    value-and-gradient compiles take about as long as the rest of this file)."""
+    """The losses not covered above, from the array functions (one compile for all of them)."""
     assert set(OTHER_LOSSES) | {"contrastive", "multi_similarity", "triplet_margin"} == set(losses.MEMORY_LOSSES)
     pairwise = similarity.get_similarity("cosine")
 
