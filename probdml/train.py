@@ -142,6 +142,7 @@ def create_setup(
     loss_state = {}
     if obj.init_state is not None:  # per-sample output shapes for the memory's slots
         check_memory(config)
+
         def outputs(v):
             return models.float32_outputs(model.apply(v, jnp.zeros((1, *image_shape)), train=False))
 
