@@ -15,6 +15,7 @@ Steps written before manifests existed (no checksums.json) are restored unverifi
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import hashlib
 import json
@@ -192,6 +193,14 @@ def move_aside(directory: str, step: int) -> str:
     return target
 
 
+def _without_empty_loss_state(abstract: Any) -> dict | None:
+    """The fields of a train state without its empty `loss_state`: the structure of checkpoints written before
+    the train state carried a loss state (the cross-batch memory), which restore into an empty one."""
+    if not dataclasses.is_dataclass(abstract) or getattr(abstract, "loss_state", None) != {}:
+        return None
+    return {f.name: getattr(abstract, f.name) for f in dataclasses.fields(abstract) if f.name != "loss_state"}
+
+
 def restore_step(mngr: ocp.CheckpointManager, step: int, like: Any) -> Any:
     """Checkpoint `step`, verified, restored with the structure, shapes, dtypes and shardings of `like`;
     DamagedCheckpointError (one line) when its files fail verification or orbax cannot read them."""
@@ -202,6 +211,12 @@ def restore_step(mngr: ocp.CheckpointManager, step: int, like: Any) -> Any:
             return mngr.restore(step, args=ocp.args.StandardRestore(abstract))
         except Exception as e:  # orbax/tensorstore raise many types for damaged files
             reason = _one_line(e)
+            legacy = _without_empty_loss_state(abstract)
+            if legacy is not None:
+                try:
+                    return like.replace(**mngr.restore(step, args=ocp.args.StandardRestore(legacy)))
+                except Exception:
+                    pass
     raise DamagedCheckpointError(f"checkpoint at step {step} is damaged: {reason}")
 
 

@@ -136,6 +136,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "optim.weight_decay_mults.*": _real(0.0, strict=False),
     "optim.frozen_until.*": _int_at_least(0),
     "optim.max_consecutive_nonfinite": _int_at_least(1),
+    "loss.memory_size": _int_at_least(0),
     "loss.alpha": _real(0.0, strict=True),
     "loss.temperature": _real(0.0, strict=True),
     "loss.proxy_concentration": _real(0.0, strict=True),

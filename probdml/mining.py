@@ -5,6 +5,8 @@ Pairs are [B, B] boolean masks (anchor, other); triplets are dense [B, B, B] arr
 (anchor, positive, negative), boolean for deterministic miners and integer counts for the sampling
 miner (a triplet drawn twice counts twice, as in pytorch-metric-learning's index lists).
 `sample_mask` ([B] bool) removes padded samples from every pair and triplet.
+The miners of MEMORY_MINERS also compare the batch with references (a cross-batch memory): `ref_labels`
+[M] and `ref_mask` [M] make the pairs [B, M] and the triplets [B, M, M] (see `pair_masks`).
 Miners select; they are not differentiated (their inputs go through `stop_gradient`).
 """
 
@@ -24,18 +26,31 @@ def _valid(labels: Array, sample_mask: Array | None) -> Array:
     return sample_mask.astype(bool)
 
 
-def pair_masks(labels: Array, sample_mask: Array | None = None) -> tuple[Array, Array]:
-    """All positive and negative pairs of a batch: pos[i, j] = y_i == y_j and i != j; neg[i, j] = y_i != y_j."""
+def pair_masks(labels: Array, sample_mask: Array | None = None, ref_labels: Array | None = None,
+               ref_mask: Array | None = None) -> tuple[Array, Array]:
+    """All positive and negative pairs of a batch: pos[i, j] = y_i == y_j and i != j; neg[i, j] = y_i != y_j.
+
+    With `ref_labels` ([M], e.g. a cross-batch memory) the pairs are (batch query i, reference j), [B, M]:
+    pos[i, j] = y_i == r_j, neg[i, j] = y_i != r_j, over the references with `ref_mask` True (filled
+    memory slots) and without removing any pair (pytorch-metric-learning's get_matches_and_diffs with
+    ref_labels; the caller removes the self pairs).
+    """
     valid = _valid(labels, sample_mask)
-    both = valid[:, None] & valid[None, :]
-    same = labels[:, None] == labels[None, :]
-    eye = jnp.eye(labels.shape[0], dtype=bool)
-    return same & ~eye & both, ~same & both
+    if ref_labels is None:
+        both = valid[:, None] & valid[None, :]
+        same = labels[:, None] == labels[None, :]
+        eye = jnp.eye(labels.shape[0], dtype=bool)
+        return same & ~eye & both, ~same & both
+    both = valid[:, None] & _valid(ref_labels, ref_mask)[None, :]
+    same = labels[:, None] == ref_labels[None, :]
+    return same & both, ~same & both
 
 
-def triplet_mask(labels: Array, sample_mask: Array | None = None) -> Array:
-    """All valid triplets: mask[a, p, n] = pos[a, p] and neg[a, n] ([B, B, B] bool)."""
-    pos, neg = pair_masks(labels, sample_mask)
+def triplet_mask(labels: Array, sample_mask: Array | None = None, ref_labels: Array | None = None,
+                 ref_mask: Array | None = None) -> Array:
+    """All valid triplets: mask[a, p, n] = pos[a, p] and neg[a, n] ([B, B, B] bool; [B, M, M] with
+    references, see `pair_masks`)."""
+    pos, neg = pair_masks(labels, sample_mask, ref_labels, ref_mask)
     return pos[:, :, None] & neg[:, None, :]
 
 
@@ -46,10 +61,13 @@ def triplet_margin_mask(
     margin: float = 0.2,
     kind: str = "semihard",
     sample_mask: Array | None = None,
+    ref_labels: Array | None = None,
+    ref_mask: Array | None = None,
 ) -> Array:
     """Triplets by their margin m_apn = d_an - d_ap (TripletMarginMiner):
 
     all: m <= margin; hard: m <= margin and m <= 0; semihard: 0 < m <= margin; easy: m > margin.
+    With `ref_labels` / `ref_mask` (see `pair_masks`), `dist` is [B, M] and the triplets [B, M, M].
     """
     if kind not in TRIPLET_KINDS:
         raise ValueError(f"kind must be one of {TRIPLET_KINDS}, got {kind!r}")
@@ -63,7 +81,7 @@ def triplet_margin_mask(
             cond &= tm <= 0
         elif kind == "semihard":
             cond &= tm > 0
-    return triplet_mask(labels, sample_mask) & cond
+    return triplet_mask(labels, sample_mask, ref_labels, ref_mask) & cond
 
 
 def semihard_mask(dist: Array, labels: Array, *, margin: float = 0.2, sample_mask: Array | None = None) -> Array:
@@ -76,17 +94,19 @@ def hard_mask(dist: Array, labels: Array, *, margin: float = 0.2, sample_mask: A
     return triplet_margin_mask(dist, labels, margin=margin, kind="hard", sample_mask=sample_mask)
 
 
-def batch_hard_mask(dist: Array, labels: Array, *, sample_mask: Array | None = None) -> Array:
+def batch_hard_mask(dist: Array, labels: Array, *, sample_mask: Array | None = None,
+                    ref_labels: Array | None = None, ref_mask: Array | None = None) -> Array:
     """One triplet per anchor: its farthest positive and its nearest negative (BatchHardMiner).
 
-    Anchors without a positive or without a negative get none.
+    Anchors without a positive or without a negative get none. With `ref_labels` / `ref_mask` (see
+    `pair_masks`), `dist` is [B, M] and the triplets [B, M, M].
     """
     dist = jax.lax.stop_gradient(dist)
-    pos, neg = pair_masks(labels, sample_mask)
+    pos, neg = pair_masks(labels, sample_mask, ref_labels, ref_mask)
     p = jnp.argmax(jnp.where(pos, dist, -jnp.inf), axis=1)
     n = jnp.argmin(jnp.where(neg, dist, jnp.inf), axis=1)
     keep = jnp.any(pos, axis=1) & jnp.any(neg, axis=1)
-    b = labels.shape[0]
+    b = dist.shape[1]
     onehot_p = jax.nn.one_hot(p, b, dtype=bool)
     onehot_n = jax.nn.one_hot(n, b, dtype=bool)
     return keep[:, None, None] & onehot_p[:, :, None] & onehot_n[:, None, :]
@@ -170,16 +190,18 @@ def _inverse_cdf_sample(key: Array, weights: Array, k: int) -> Array:
 
 
 def multi_similarity_pairs(
-    sim: Array, labels: Array, *, epsilon: float = 0.1, sample_mask: Array | None = None
+    sim: Array, labels: Array, *, epsilon: float = 0.1, sample_mask: Array | None = None,
+    ref_labels: Array | None = None, ref_mask: Array | None = None,
 ) -> tuple[Array, Array]:
     """Multi-Similarity pair mining (Wang et al. 2019, MultiSimilarityMiner) on a similarity matrix.
 
     Keeps a positive pair (i, j) if s_ij - epsilon < max_{negatives k} s_ik, and a negative pair (i, k)
     if s_ik + epsilon > min_{positives j} s_ij. An anchor without negatives keeps no positives and one
-    without positives keeps no negatives. Returns (pos, neg) [B, B] boolean masks.
+    without positives keeps no negatives. Returns (pos, neg) [B, B] boolean masks ([B, M] with
+    `ref_labels` / `ref_mask`, see `pair_masks`).
     """
     sim = jax.lax.stop_gradient(sim)
-    pos, neg = pair_masks(labels, sample_mask)
+    pos, neg = pair_masks(labels, sample_mask, ref_labels, ref_mask)
     max_neg = jnp.max(jnp.where(neg, sim, -jnp.inf), axis=1, keepdims=True)
     min_pos = jnp.min(jnp.where(pos, sim, jnp.inf), axis=1, keepdims=True)
     hard_pos = pos & (sim - epsilon < max_neg)
@@ -205,11 +227,13 @@ def angular_mask(sim: Array, labels: Array, *, angle: float = 20.0, sample_mask:
 
 
 def pair_margin_pairs(
-    dist: Array, labels: Array, *, pos_margin: float = 0.2, neg_margin: float = 0.8, sample_mask: Array | None = None
+    dist: Array, labels: Array, *, pos_margin: float = 0.2, neg_margin: float = 0.8, sample_mask: Array | None = None,
+    ref_labels: Array | None = None, ref_mask: Array | None = None,
 ) -> tuple[Array, Array]:
-    """Positive pairs farther than pos_margin and negative pairs nearer than neg_margin (PairMarginMiner)."""
+    """Positive pairs farther than pos_margin and negative pairs nearer than neg_margin (PairMarginMiner);
+    [B, M] with `ref_labels` / `ref_mask` (see `pair_masks`)."""
     dist = jax.lax.stop_gradient(dist)
-    pos, neg = pair_masks(labels, sample_mask)
+    pos, neg = pair_masks(labels, sample_mask, ref_labels, ref_mask)
     return pos & (dist > pos_margin), neg & (dist < neg_margin)
 
 
@@ -337,6 +361,9 @@ def uniform_histogram_pairs(
 # The miners by pytorch-metric-learning class (registry name = its snake_case without 'Miner'):
 # name -> (function, what it returns: 'triplets' [B, B, B] or 'pairs' (pos, neg) [B, B], the matrix it reads,
 # the pytorch-metric-learning class).
+# Miners that take references (`ref_labels`, `ref_mask`): usable with a cross-batch memory.
+MEMORY_MINERS = ("batch_hard", "multi_similarity", "pair_margin", "triplet_margin")
+
 MINER_REGISTRY: dict[str, tuple] = {
     "angular": (angular_mask, "triplets", "similarity", "AngularMiner"),
     "batch_easy_hard": (batch_easy_hard_pairs, "pairs", "distance", "BatchEasyHardMiner"),

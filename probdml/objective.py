@@ -5,14 +5,21 @@
   'proxies' (class proxies / weights / centres), 'proxy_kappa' (vMF proxy concentrations),
   'temperature' (log T, or T with temperature_param='raw'), 'loss_params' (e.g. the margin loss's beta); the optimizer's `lr_mults` refer
   to these names); {} for losses without parameters;
-- `apply(params, outputs, labels, key)` -> (scalar loss, dict of scalar aux metrics), where
-  `outputs` is the model's output dict ('embedding' [B, D], optionally 'uncertainty' [B, Du]).
+- `apply(params, outputs, labels, key, state=None)` -> (scalar loss, dict of scalar aux metrics), where
+  `outputs` is the model's output dict ('embedding' [B, D], optionally 'uncertainty' [B, Du]);
+- for losses with a state carried between steps (the cross-batch memory, `memory_size` > 0):
+  `init_state(like)` -> the initial state from the per-sample outputs' shapes, `update_state(state, outputs,
+  labels)` -> the state with this batch enqueued, which `apply` then reads (pytorch-metric-learning's order);
+  None otherwise.
 
 Config (`loss_cfg`, an ml_collections.ConfigDict):
 - `name`: a key of LOSSES; `similarity`: a key of probdml.similarity.SIMILARITIES (default 'cosine');
   `similarity_options`: a dict of that similarity's options (e.g. ISM `tau`, `beta_form`, `compat`);
 - the loss's hyper-parameters, flat (`margin`, `alpha`, ...; see LOSS_DEFAULTS);
-- `miner` (pair losses): 'none' or a key of MINERS, with its options flat (`miner_margin`, `epsilon`, ...).
+- `miner` (pair losses): 'none' or a key of MINERS, with its options flat (`miner_margin`, `epsilon`, ...);
+- `memory_size` (pair losses of MEMORY_LOSSES): 0 (default, off) or M, the slots of a cross-batch memory
+  (`probdml.losses.memory`): the batch is compared with the last M samples (itself included) instead of
+  with itself only; the miner then must be one of MEMORY_MINERS.
 Unknown names and keys raise probdml.errors.ConfigError listing the valid ones.
 
 Proxy losses compare the batch with the class proxies (a bundle {'embedding': proxies} plus the proxy
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -43,6 +51,10 @@ class Objective(NamedTuple):
     apply: Callable[[dict, dict, Array, Array], tuple[Array, dict]]
     # Optional: (params, train embeddings [N, D], labels [N]) -> params, run once before training.
     warm_start: Callable[[dict, Array, Array], dict] | None = None
+    # Optional, for a state carried between steps (the cross-batch memory): like -> state, where `like` is
+    # {output name: array or ShapeDtypeStruct [1, ...]}; and (state, outputs, labels) -> state.
+    init_state: Callable[[dict], dict] | None = None
+    update_state: Callable[[dict, dict, Array], dict] | None = None
 
 
 def kaiming_normal_fan_out(key: Array, num_classes: int, dim: int) -> Array:
@@ -162,8 +174,19 @@ LOSS_MINERS = {
     **{name: ("none",) + PAIR_MINERS for name in GENERIC_PAIR_LOSSES if _takes_pair_masks(name)},
 }
 DEFAULT_MINER = {"triplet": "semihard", "margin": "distance_weighted", "multi_similarity": "multi_similarity"}
+# With a cross-batch memory: the losses (registry names) and miners that take the [B, M] batch-to-memory pairs.
+MEMORY_LOSSES = losses.MEMORY_LOSSES
+MEMORY_MINERS = ("none", "semihard", "hard", "all", "batch_hard", "multi_similarity", "pair_margin")
 
-_COMMON_KEYS = ("name", "similarity", "similarity_options", "miner")
+_COMMON_KEYS = ("name", "similarity", "similarity_options", "miner", "memory_size")
+
+
+def memory_size(cfg: ml_collections.ConfigDict) -> int:
+    """`cfg.memory_size` (0 = no cross-batch memory), checked: a non-negative integer."""
+    size = cfg.get("memory_size", 0)
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 0:
+        raise ConfigError(f"loss.memory_size must be a non-negative integer (0 = off), got {size!r}")
+    return int(size)
 
 
 def _options(cfg: ml_collections.ConfigDict, defaults: dict) -> dict:
@@ -227,6 +250,10 @@ def _proxy_objective(cfg: ml_collections.ConfigDict, num_classes: int, embed_dim
     allowed = set(_COMMON_KEYS) | set(hp) | set(kappa_opts) | set(common)
     if common["warm_start"] and name in MULTI_CENTER:
         raise ConfigError(f"warm_start is not defined for {name} (several centres per class)")
+    if memory_size(cfg):
+        raise ConfigError(f"loss {name!r} cannot take a cross-batch memory (memory_size={cfg.memory_size}): proxy and "
+                          f"classification losses compare the batch with class proxies; losses that can: "
+                          f"{', '.join(MEMORY_LOSSES)}")
     _check_keys(cfg, allowed)
     if cfg.get("miner", "none") != "none":
         raise ConfigError(f"loss {name!r} takes no miner (miner='none'), got {cfg.miner!r}")
@@ -266,7 +293,8 @@ def _proxy_objective(cfg: ml_collections.ConfigDict, num_classes: int, embed_dim
             params["temperature"] = jnp.asarray(t0, proxies.dtype)
         return params
 
-    def apply(params: dict, outputs: dict, labels: Array, key: Array) -> tuple[Array, dict]:
+    def apply(params: dict, outputs: dict, labels: Array, key: Array, state: dict | None = None) -> tuple[Array, dict]:
+        del state  # proxy losses carry no state
         proxy_bundle = {"embedding": params["proxies"]}
         if kappa_kind:
             kappa = _kappa(params["proxy_kappa"], kappa_opts["kappa_param"], float(kappa_opts["kappa_min"]))
@@ -351,6 +379,14 @@ def _pair_objective(cfg: ml_collections.ConfigDict, num_classes: int, embed_dim:
     if miner_hp.get("miner_margin", 0) is None:
         miner_hp["miner_margin"] = hp["margin"]
     per_class = name == "margin" and hp["beta_per_class"]
+    mem_size = memory_size(cfg)
+    if mem_size:
+        if losses.canonical_name(name) not in MEMORY_LOSSES:
+            raise ConfigError(f"loss {name!r} cannot take a cross-batch memory (memory_size={mem_size}); losses that "
+                              f"can: {', '.join(MEMORY_LOSSES)}")
+        if miner not in MEMORY_MINERS:
+            raise ConfigError(f"miner {miner!r} cannot take a cross-batch memory (memory_size={mem_size}); miners "
+                              f"that can: {', '.join(MEMORY_MINERS)}")
 
     def init(key: Array) -> dict:
         del key
@@ -359,14 +395,14 @@ def _pair_objective(cfg: ml_collections.ConfigDict, num_classes: int, embed_dim:
             return {"loss_params": {"beta": jnp.full(shape, hp["beta"], jnp.float32)}}
         return {}
 
-    def triplets(pair: similarity.Pairwise, labels: Array, key: Array) -> Array | None:
+    def triplets(pair: similarity.Pairwise, labels: Array, key: Array, **ref) -> Array | None:
         d = pair.distance
         if miner == "none":
             return None
         if miner in ("semihard", "hard", "all"):
-            return mining.triplet_margin_mask(d, labels, margin=miner_hp["miner_margin"], kind=miner)
+            return mining.triplet_margin_mask(d, labels, margin=miner_hp["miner_margin"], kind=miner, **ref)
         if miner == "batch_hard":
-            return mining.batch_hard_mask(d, labels)
+            return mining.batch_hard_mask(d, labels, **ref)
         if miner == "angular":
             return mining.angular_mask(pair.similarity, labels, angle=miner_hp["angle"])
         return mining.distance_weighted_triplets(
@@ -374,13 +410,13 @@ def _pair_objective(cfg: ml_collections.ConfigDict, num_classes: int, embed_dim:
             nonzero_loss_cutoff=miner_hp["nonzero_loss_cutoff"], triplets_per_anchor=miner_hp["triplets_per_anchor"],
         )
 
-    def pairs(pair: similarity.Pairwise, labels: Array, key: Array) -> tuple[Array | None, Array | None]:
+    def pairs(pair: similarity.Pairwise, labels: Array, key: Array, **ref) -> tuple[Array | None, Array | None]:
         d = pair.distance
         if miner == "none":
             return None, None
         if miner == "pair_margin":
             return mining.pair_margin_pairs(d, labels, pos_margin=miner_hp["miner_pos_margin"],
-                                            neg_margin=miner_hp["miner_neg_margin"])
+                                            neg_margin=miner_hp["miner_neg_margin"], **ref)
         if miner == "hdc":
             return mining.hdc_pairs(d, labels, filter_percentage=miner_hp["filter_percentage"])
         if miner == "batch_easy_hard":
@@ -391,9 +427,42 @@ def _pair_objective(cfg: ml_collections.ConfigDict, num_classes: int, embed_dim:
                                                       pos_per_bin=int(miner_hp["pos_per_bin"]),
                                                       neg_per_bin=int(miner_hp["neg_per_bin"]))
             return pos > 0, neg > 0
-        return mining.multi_similarity_pairs(pair.similarity, labels, epsilon=miner_hp["epsilon"])
+        return mining.multi_similarity_pairs(pair.similarity, labels, epsilon=miner_hp["epsilon"], **ref)
 
-    def apply(params: dict, outputs: dict, labels: Array, key: Array) -> tuple[Array, dict]:
+    def init_state(like: dict) -> dict:
+        return {"memory": losses.CrossBatchMemory.create(mem_size, _memory_outputs(like))}
+
+    def update_state(state: dict, outputs: dict, labels: Array) -> dict:
+        return {**state, "memory": state["memory"].enqueue(_memory_outputs(outputs), labels)[0]}
+
+    def memory_apply(params: dict, outputs: dict, labels: Array, key: Array, state: dict) -> tuple[Array, dict]:
+        """The loss of the batch (queries) against the memory after `update_state` enqueued it."""
+        memory = state["memory"]
+        k_sim, k_mine = jax.random.split(key)
+        pair = sim_fn(outputs, memory.outputs, key=k_sim)  # [B, M]
+        ref = {"ref_labels": memory.labels, "ref_mask": memory.valid}
+        slots = memory.last_slots(labels.shape[0])
+        aux = {"memory_filled": memory.count.astype(jnp.float32) / mem_size}
+        if name in ("triplet", "margin"):
+            mined = triplets(pair, labels, k_mine, **ref)
+            kw = memory.references(slots, triplets=True if mined is None else mined)
+            if name == "triplet":
+                return losses.triplet_margin(pair.distance, labels, margin=hp["margin"], **kw), aux
+            beta = params["loss_params"]["beta"] if hp["learn_beta"] else hp["beta"]
+            aux["beta"] = jnp.mean(jnp.asarray(beta))
+            return losses.margin_loss(pair.distance, labels, beta=beta, margin=hp["margin"], nu=hp["nu"], **kw), aux
+        pos, neg = pairs(pair, labels, k_mine, **ref)
+        kw = memory.references(slots, pos_mask=pos, neg_mask=neg)
+        spec = losses.LOSS_REGISTRY[losses.canonical_name(name)]
+        x = pair.similarity if spec.reads == "similarity" else pair.distance
+        return spec.fn(x, labels, **hp, **kw), aux
+
+    def apply(params: dict, outputs: dict, labels: Array, key: Array, state: dict | None = None) -> tuple[Array, dict]:
+        if mem_size:
+            if state is None or "memory" not in state:
+                raise ValueError(f"loss {name!r} with memory_size={mem_size} needs its state "
+                                 "(init_state, then update_state with the batch)")
+            return memory_apply(params, outputs, labels, key, state)
         k_sim, k_mine = jax.random.split(key)
         pair = sim_fn(outputs, outputs, key=k_sim)
         aux = {}
@@ -430,6 +499,8 @@ def _pair_objective(cfg: ml_collections.ConfigDict, num_classes: int, embed_dim:
             loss = spec.fn(x, labels, **hp, **masks)
         return loss, aux
 
+    if mem_size:
+        return Objective(init, apply, init_state=init_state, update_state=update_state)
     return Objective(init, apply)
 
 
@@ -439,6 +510,14 @@ LOSSES: dict[str, Callable[[ml_collections.ConfigDict, int, int], Objective]] = 
 # The registry names (snake_case of the pytorch-metric-learning class) of losses that had other names here.
 LOSS_ALIASES = {canonical: old for old, canonical in losses.ALIASES.items()}
 LOSSES.update({canonical: LOSSES[old] for canonical, old in LOSS_ALIASES.items()})
+
+
+# The per-sample outputs a similarity reads (probdml.similarity.bundles): what a cross-batch memory stores.
+MEMORY_OUTPUTS = ("embedding", "uncertainty", "kappa", "kappas")
+
+
+def _memory_outputs(outputs: dict) -> dict:
+    return {k: v for k, v in outputs.items() if k in MEMORY_OUTPUTS}
 
 
 def _check_bounded(name: str, sim_name: str) -> None:

@@ -28,7 +28,8 @@ Array = jax.Array
 
 @flax.struct.dataclass
 class TrainState:
-    """Everything a resumed run needs: the step, parameters {'model', 'loss'}, optimizer state, BN stats.
+    """Everything a resumed run needs: the step, parameters {'model', 'loss'}, optimizer state, BN stats,
+    and the loss's state carried between steps ({'memory': CrossBatchMemory} with `loss.memory_size`, else {}).
 
     Batches and PRNG keys are pure functions of (seed, step), so they need no state of their own.
     """
@@ -37,6 +38,7 @@ class TrainState:
     params: dict
     opt_state: Any
     batch_stats: dict
+    loss_state: dict = flax.struct.field(default_factory=dict)
 
 
 def mixup(key: Array, images: Array, alpha: float) -> tuple[Array, Array, Array]:
@@ -73,11 +75,15 @@ def make_train_step(
             return outputs, updated["batch_stats"]
         return model.apply(variables, images, train=True), batch_stats
 
-    def loss_fn(params, batch_stats, batch, key):
+    def loss_fn(params, batch_stats, loss_state, batch, key):
         loss_key, mix_key, mix_loss_key = jax.random.split(key, 3)
         outputs, batch_stats = forward(params, batch_stats, batch["image"])
         outputs = models.float32_outputs(outputs)
-        loss, aux = obj.apply(params["loss"], outputs, batch["label"], loss_key)
+        if obj.update_state is not None:  # the cross-batch memory: enqueue the (global) batch, then compare
+            loss_state = obj.update_state(loss_state, outputs, batch["label"])
+            loss, aux = obj.apply(params["loss"], outputs, batch["label"], loss_key, loss_state)
+        else:
+            loss, aux = obj.apply(params["loss"], outputs, batch["label"], loss_key)
         if use_mixup:
             mixed, lam, perm = mixup(mix_key, batch["image"], float(mixup_cfg.alpha))
             mixed_out, batch_stats = forward(params, batch_stats, mixed)
@@ -88,16 +94,17 @@ def make_train_step(
             clean = loss
             loss = float(mixup_cfg.get("clean_weight", 1.0)) * clean + lam * loss_a + (1.0 - lam) * loss_b
             aux = {**aux, "loss_clean": clean, "loss_mixed": lam * loss_a + (1.0 - lam) * loss_b, "mixup_lambda": lam}
-        return loss, (aux, batch_stats)
+        return loss, (aux, batch_stats, loss_state)
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         key = jax.random.fold_in(base_key, state.step)
-        (loss, (aux, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, state.batch_stats, batch, key
+        (loss, (aux, batch_stats, loss_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state.batch_stats, state.loss_state, batch, key
         )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, batch_stats=batch_stats)
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, batch_stats=batch_stats,
+                                  loss_state=loss_state)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
         if isinstance(opt_state, optax.ApplyIfFiniteState):
             metrics["skipped_steps"] = opt_state.total_notfinite
@@ -132,11 +139,21 @@ def create_setup(
         variables = models.load_pretrained_variables(model, variables, pretrained)
     params = {"model": variables["params"], "loss": obj.init(loss_key)}
     tx = optim.make_optimizer(config.optim, params)
+    loss_state = {}
+    if obj.init_state is not None:  # per-sample output shapes for the memory's slots
+        check_memory(config)
+
+        def outputs(v):
+            return models.float32_outputs(model.apply(v, jnp.zeros((1, *image_shape)), train=False))
+
+        like = jax.eval_shape(outputs, variables)
+        loss_state = obj.init_state(like)
     state = TrainState(
         step=jnp.asarray(0, jnp.int32),
         params=params,
         opt_state=tx.init(params),
         batch_stats=variables.get("batch_stats", {}),
+        loss_state=loss_state,
     )
     replicated, batch_sharded = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     train_step = jax.jit(
@@ -146,6 +163,20 @@ def create_setup(
         donate_argnums=0,
     )
     return Setup(model, obj, tx, parallel.replicate(mesh, state), train_step)
+
+
+def check_memory(config: ml_collections.ConfigDict) -> None:
+    """A cross-batch memory (`loss.memory_size` > 0) holds at least one global batch and excludes Mixup
+    (whose mixed images have no single label to enqueue)."""
+    size = objective.memory_size(config.loss)
+    if not size:
+        return
+    if size < config.data.batch_size:
+        raise ConfigError(f"loss.memory_size ({size}) must be at least data.batch_size ({config.data.batch_size}), "
+                          "or 0 (no cross-batch memory)")
+    if config.get("mixup") is not None and config.mixup.get("enabled", False):
+        raise ConfigError("loss.memory_size > 0 and mixup.enabled are exclusive: the memory enqueues labelled "
+                          "samples; set one of them off")
 
 
 def warm_start(setup: Setup, state: TrainState, apply_fn: Callable[[Array], dict],
@@ -176,6 +207,7 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str) -> None:
         raise ConfigError(f"model.pretrained directory does not exist: {pretrained}")
     if config.loss.name not in objective.LOSSES:
         raise unknown_choice("loss", config.loss.name, objective.LOSSES)
+    check_memory(config)
     optim.validate(config.optim)
     evaluate.knn_metric(config.eval.metric)
     selection(config)

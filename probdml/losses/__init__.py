@@ -11,7 +11,8 @@ concrete labels, labels outside [0, C) of a proxy loss raise a one-line ValueErr
 
 Semantics follow pytorch-metric-learning 2.x with its default reducers; deliberate differences are
 listed in each docstring. `probdml.losses.registry` lists every loss with its family and the
-pytorch-metric-learning class it follows.
+pytorch-metric-learning class it follows, and the wrappers (`CrossBatchMemory`, `probdml.losses.memory`:
+a FIFO memory of past embeddings that the MEMORY_LOSSES compare the batch with).
 """
 
 from probdml.losses._common import (
@@ -61,10 +62,13 @@ from probdml.losses.ranking import (
     pnp,
     smooth_ap,
 )
+from probdml.losses.memory import MEMORY_LOSSES, CrossBatchMemory
 from probdml.losses.registry import (
     ALIASES,
     LOSS_REGISTRY,
+    WRAPPER_REGISTRY,
     LossSpec,
+    WrapperSpec,
     canonical_name,
     pml_name_to_key,
 )
@@ -79,7 +83,11 @@ n_pairs = npair
 __all__ = [
     "ALIASES",
     "LOSS_REGISTRY",
+    "MEMORY_LOSSES",
+    "WRAPPER_REGISTRY",
+    "CrossBatchMemory",
     "LossSpec",
+    "WrapperSpec",
     "angular",
     "arc_face",
     "arcface",

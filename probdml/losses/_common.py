@@ -146,15 +146,27 @@ def check_proxy_inputs(loss: str, sim, labels, sample_mask, *, classes_per_colum
     check_mask(loss, "sample_mask", sample_mask, (b,))
 
 
-def check_pair_inputs(loss: str, arg: str, x, labels, sample_mask, *, pair_masks=(), triplets=None) -> None:
+def check_pair_inputs(loss: str, arg: str, x, labels, sample_mask, *, pair_masks=(), triplets=None,
+                      ref_labels=None, ref_mask=None) -> None:
     """x [B, B] (the batch against itself), labels [B], sample_mask [B], mined pair masks [B, B] and
-    triplets [B, B, B]."""
-    check_matrix(loss, arg, x, "[B, B] (batch x batch)")
-    b, m = _shape(x)
-    if m != b:
-        raise ValueError(f"{loss}: {arg} must be a square [B, B] matrix (batch x batch), got shape {(b, m)}")
+    triplets [B, B, B]; with `ref_labels` [M] (references such as a cross-batch memory, `ref_mask` [M])
+    x, the pair masks and the triplets are [B, M] and [B, M, M]."""
+    if ref_labels is None:
+        if ref_mask is not None:
+            raise ValueError(f"{loss}: ref_mask needs ref_labels (the labels of the references)")
+        check_matrix(loss, arg, x, "[B, B] (batch x batch)")
+        b, m = _shape(x)
+        if m != b:
+            raise ValueError(f"{loss}: {arg} must be a square [B, B] matrix (batch x batch), got shape {(b, m)}")
+    else:
+        check_matrix(loss, arg, x, "[B, M] (batch x references)")
+        b, m = _shape(x)
+        if _shape(ref_labels) != (m,) or not jnp.issubdtype(_dtype(ref_labels), jnp.integer):
+            raise ValueError(f"{loss}: ref_labels must be [{m}] integers (one per column of {arg}), got shape "
+                             f"{_shape(ref_labels)} and dtype {_dtype(ref_labels)}")
+        check_mask(loss, "ref_mask", ref_mask, (m,))
     check_labels(loss, labels, b)
     check_mask(loss, "sample_mask", sample_mask, (b,))
     for name, mask in pair_masks:
-        check_mask(loss, name, mask, (b, b))
-    check_mask(loss, "triplets", triplets, (b, b, b))
+        check_mask(loss, name, mask, (b, m))
+    check_mask(loss, "triplets", triplets, (b, m, m))

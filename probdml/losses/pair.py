@@ -1,6 +1,12 @@
 """Pair and triplet losses: the batch against itself, `sim` or `dist` [B, B], labels [B] (any integers).
 Which of the two each loss reads, and how a similarity becomes a distance, is set by the similarity
-(`probdml.similarity.Pairwise`)."""
+(`probdml.similarity.Pairwise`).
+
+The losses of MEMORY_LOSSES also take references (a cross-batch memory, `probdml.losses.memory`):
+with `ref_labels` [M] (and `ref_mask` [M], False = empty slot) `sim` / `dist` is [B, M] (batch query i,
+reference j), every pair (i, j) with both valid counts (positive when y_i == r_j; the caller removes
+self pairs through `pos_mask` / `triplets`), triplets are [B, M, M], and the means run over the
+queries' pairs as in pytorch-metric-learning with `ref_emb`."""
 
 from __future__ import annotations
 
@@ -27,6 +33,11 @@ from probdml.similarity import l2_normalize, safe_sqrt
 
 Array = jax.Array
 
+# The pair losses that take `ref_labels` / `ref_mask` (the rows are the queries, every formula is per
+# query row or per pair): the losses a cross-batch memory can wrap.
+MEMORY_LOSSES = ("contrastive", "triplet_margin", "margin", "multi_similarity", "circle", "sup_con", "nt_xent",
+                 "generalized_lifted_structure", "tuplet_margin", "intra_pair_variance")
+
 _LOG_ZERO = -1e30  # stands for log(0) = -inf where a finite value keeps gradients finite
 
 
@@ -39,6 +50,8 @@ def contrastive(
     pos_mask: jnp.ndarray | None = None,
     neg_mask: jnp.ndarray | None = None,
     sample_mask: jnp.ndarray | None = None,
+    ref_labels: jnp.ndarray | None = None,
+    ref_mask: jnp.ndarray | None = None,
 ) -> jnp.ndarray:
     """Contrastive loss (Hadsell et al. 2006), pytorch-metric-learning semantics (AvgNonZeroReducer):
 
@@ -46,8 +59,9 @@ def contrastive(
     Pairs default to all (i != j); `pos_mask` / `neg_mask` ([B, B] bool) restrict them (mined pairs).
     """
     check_pair_inputs("contrastive", "dist", dist, labels, sample_mask,
-                      pair_masks=(("pos_mask", pos_mask), ("neg_mask", neg_mask)))
-    pos, neg = mining.pair_masks(labels, sample_mask)
+                      pair_masks=(("pos_mask", pos_mask), ("neg_mask", neg_mask)),
+                      ref_labels=ref_labels, ref_mask=ref_mask)
+    pos, neg = mining.pair_masks(labels, sample_mask, ref_labels, ref_mask)
     pos = pos if pos_mask is None else pos & pos_mask
     neg = neg if neg_mask is None else neg & neg_mask
     pos_loss = jax.nn.relu(dist - pos_margin)
@@ -62,6 +76,8 @@ def triplet_margin(
     margin: float = 0.05,
     triplets: jnp.ndarray | None = None,
     sample_mask: jnp.ndarray | None = None,
+    ref_labels: jnp.ndarray | None = None,
+    ref_mask: jnp.ndarray | None = None,
 ) -> jnp.ndarray:
     """Triplet margin loss (Weinberger & Saul 2009; Schroff et al. 2015), pytorch-metric-learning semantics:
 
@@ -69,8 +85,9 @@ def triplet_margin(
     `triplets` ([B, B, B] bool or counts, e.g. from `mining.semihard_mask`) selects (anchor, pos, neg);
     default: all valid triplets.
     """
-    check_pair_inputs("triplet_margin", "dist", dist, labels, sample_mask, triplets=triplets)
-    valid = mining.triplet_mask(labels, sample_mask)
+    check_pair_inputs("triplet_margin", "dist", dist, labels, sample_mask, triplets=triplets,
+                      ref_labels=ref_labels, ref_mask=ref_mask)
+    valid = mining.triplet_mask(labels, sample_mask, ref_labels, ref_mask)
     weights = valid if triplets is None else valid * triplets
     losses = jax.nn.relu(dist[:, :, None] - dist[:, None, :] + margin)
     return mean_nonzero(losses, weights)
@@ -85,6 +102,8 @@ def margin_loss(
     nu: float = 0.0,
     triplets: jnp.ndarray | None = None,
     sample_mask: jnp.ndarray | None = None,
+    ref_labels: jnp.ndarray | None = None,
+    ref_mask: jnp.ndarray | None = None,
 ) -> jnp.ndarray:
     """Margin loss (Wu et al. 2017), pytorch-metric-learning semantics (DivisorReducer):
 
@@ -94,8 +113,9 @@ def margin_loss(
     nu * beta for a scalar, sum_{triplets} nu beta_{y_a} / divisor per class.
     `triplets`: [B, B, B] bool or counts (e.g. `mining.distance_weighted_triplets`); default all valid.
     """
-    check_pair_inputs("margin_loss", "dist", dist, labels, sample_mask, triplets=triplets)
-    valid = mining.triplet_mask(labels, sample_mask)
+    check_pair_inputs("margin_loss", "dist", dist, labels, sample_mask, triplets=triplets,
+                      ref_labels=ref_labels, ref_mask=ref_mask)
+    valid = mining.triplet_mask(labels, sample_mask, ref_labels, ref_mask)
     w = (valid if triplets is None else valid * triplets).astype(dist.dtype)
     per_class = jnp.ndim(beta) == 1
     if per_class:
@@ -127,6 +147,8 @@ def multi_similarity(
     pos_mask: jnp.ndarray | None = None,
     neg_mask: jnp.ndarray | None = None,
     sample_mask: jnp.ndarray | None = None,
+    ref_labels: jnp.ndarray | None = None,
+    ref_mask: jnp.ndarray | None = None,
 ) -> jnp.ndarray:
     """Multi-Similarity loss (Wang et al. 2019), pytorch-metric-learning semantics:
 
@@ -138,8 +160,9 @@ def multi_similarity(
     given; here those pairs are used.
     """
     check_pair_inputs("multi_similarity", "sim", sim, labels, sample_mask,
-                      pair_masks=(("pos_mask", pos_mask), ("neg_mask", neg_mask)))
-    pos, neg = mining.pair_masks(labels, sample_mask)
+                      pair_masks=(("pos_mask", pos_mask), ("neg_mask", neg_mask)),
+                      ref_labels=ref_labels, ref_mask=ref_mask)
+    pos, neg = mining.pair_masks(labels, sample_mask, ref_labels, ref_mask)
     pos = pos if pos_mask is None else pos & pos_mask
     neg = neg if neg_mask is None else neg & neg_mask
     pos_term = masked_log1p_sum_exp(-alpha * (sim - base), pos, axis=1) / alpha
@@ -170,8 +193,9 @@ def npair(sim: jnp.ndarray, labels: jnp.ndarray, *, sample_mask: jnp.ndarray | N
 
 
 def _masks(labels: Array, sample_mask: Array | None, pos_mask: Array | None = None,
-           neg_mask: Array | None = None) -> tuple[Array, Array]:
-    pos, neg = mining.pair_masks(labels, sample_mask)
+           neg_mask: Array | None = None, ref_labels: Array | None = None,
+           ref_mask: Array | None = None) -> tuple[Array, Array]:
+    pos, neg = mining.pair_masks(labels, sample_mask, ref_labels, ref_mask)
     pos = pos if pos_mask is None else pos & pos_mask
     neg = neg if neg_mask is None else neg & neg_mask
     return pos, neg
@@ -186,6 +210,8 @@ def circle(
     pos_mask: jnp.ndarray | None = None,
     neg_mask: jnp.ndarray | None = None,
     sample_mask: jnp.ndarray | None = None,
+    ref_labels: jnp.ndarray | None = None,
+    ref_mask: jnp.ndarray | None = None,
 ) -> jnp.ndarray:
     """Circle loss (Sun et al., CVPR 2020), pytorch-metric-learning's CircleLoss (AvgNonZeroReducer):
 
@@ -196,8 +222,9 @@ def circle(
     Defined on a similarity with optimum 1 (the cosine; the margins are in its units).
     """
     check_pair_inputs("circle", "sim", sim, labels, sample_mask,
-                      pair_masks=(("pos_mask", pos_mask), ("neg_mask", neg_mask)))
-    pos, neg = _masks(labels, sample_mask, pos_mask, neg_mask)
+                      pair_masks=(("pos_mask", pos_mask), ("neg_mask", neg_mask)),
+                      ref_labels=ref_labels, ref_mask=ref_mask)
+    pos, neg = _masks(labels, sample_mask, pos_mask, neg_mask, ref_labels, ref_mask)
     s_stop = jax.lax.stop_gradient(sim)
     pos_logit = -gamma * jax.nn.relu(1.0 + m - s_stop) * (sim - (1.0 - m))
     neg_logit = gamma * jax.nn.relu(s_stop + m) * (sim - m)
@@ -215,6 +242,8 @@ def sup_con(
     pos_mask: jnp.ndarray | None = None,
     neg_mask: jnp.ndarray | None = None,
     sample_mask: jnp.ndarray | None = None,
+    ref_labels: jnp.ndarray | None = None,
+    ref_mask: jnp.ndarray | None = None,
 ) -> jnp.ndarray:
     """Supervised contrastive loss (Khosla et al. 2020), pytorch-metric-learning's SupConLoss:
 
@@ -222,8 +251,9 @@ def sup_con(
     L = mean of the positive L_i (AvgNonZeroReducer); 0 unless the batch has a positive and a negative pair.
     """
     check_pair_inputs("sup_con", "sim", sim, labels, sample_mask,
-                      pair_masks=(("pos_mask", pos_mask), ("neg_mask", neg_mask)))
-    pos, neg = _masks(labels, sample_mask, pos_mask, neg_mask)
+                      pair_masks=(("pos_mask", pos_mask), ("neg_mask", neg_mask)),
+                      ref_labels=ref_labels, ref_mask=ref_mask)
+    pos, neg = _masks(labels, sample_mask, pos_mask, neg_mask, ref_labels, ref_mask)
     logits = sim / temperature
     denominator = masked_logsumexp(logits, pos | neg, axis=1)
     log_prob = jnp.where(pos, logits - denominator[:, None], 0.0)
@@ -240,6 +270,8 @@ def nt_xent(
     pos_mask: jnp.ndarray | None = None,
     neg_mask: jnp.ndarray | None = None,
     sample_mask: jnp.ndarray | None = None,
+    ref_labels: jnp.ndarray | None = None,
+    ref_mask: jnp.ndarray | None = None,
 ) -> jnp.ndarray:
     """NT-Xent / InfoNCE (Chen et al. 2020, SimCLR), pytorch-metric-learning's NTXentLoss (MeanReducer):
 
@@ -249,8 +281,9 @@ def nt_xent(
     float inside the log, which changes l_ap only when the ratio underflows.
     """
     check_pair_inputs("nt_xent", "sim", sim, labels, sample_mask,
-                      pair_masks=(("pos_mask", pos_mask), ("neg_mask", neg_mask)))
-    pos, neg = _masks(labels, sample_mask, pos_mask, neg_mask)
+                      pair_masks=(("pos_mask", pos_mask), ("neg_mask", neg_mask)),
+                      ref_labels=ref_labels, ref_mask=ref_mask)
+    pos, neg = _masks(labels, sample_mask, pos_mask, neg_mask, ref_labels, ref_mask)
     logits = sim / temperature
     has_neg = jnp.any(neg, axis=1)
     neg_lse = jnp.where(has_neg, masked_logsumexp(logits, neg, axis=1), _LOG_ZERO)
@@ -296,6 +329,8 @@ def generalized_lifted_structure(
     pos_mask: jnp.ndarray | None = None,
     neg_mask: jnp.ndarray | None = None,
     sample_mask: jnp.ndarray | None = None,
+    ref_labels: jnp.ndarray | None = None,
+    ref_mask: jnp.ndarray | None = None,
 ) -> jnp.ndarray:
     """Generalised lifted structure loss (Hermans et al. 2017, p. 4), pytorch-metric-learning semantics:
 
@@ -303,8 +338,9 @@ def generalized_lifted_structure(
     counts 0); L = mean over all (valid) anchors (MeanReducer).
     """
     check_pair_inputs("generalized_lifted_structure", "dist", dist, labels, sample_mask,
-                      pair_masks=(("pos_mask", pos_mask), ("neg_mask", neg_mask)))
-    pos, neg = _masks(labels, sample_mask, pos_mask, neg_mask)
+                      pair_masks=(("pos_mask", pos_mask), ("neg_mask", neg_mask)),
+                      ref_labels=ref_labels, ref_mask=ref_mask)
+    pos, neg = _masks(labels, sample_mask, pos_mask, neg_mask, ref_labels, ref_mask)
     per_anchor = jax.nn.relu(masked_logsumexp(dist - pos_margin, pos, axis=1)
                              + masked_logsumexp(neg_margin - dist, neg, axis=1))
     return masked_mean(per_anchor, sample_valid(labels, sample_mask)) * (jnp.any(pos) | jnp.any(neg))
@@ -319,6 +355,8 @@ def tuplet_margin(
     pos_mask: jnp.ndarray | None = None,
     neg_mask: jnp.ndarray | None = None,
     sample_mask: jnp.ndarray | None = None,
+    ref_labels: jnp.ndarray | None = None,
+    ref_mask: jnp.ndarray | None = None,
 ) -> jnp.ndarray:
     """Tuplet margin loss (Yu & Tao, ICCV 2019), pytorch-metric-learning's TupletMarginLoss (MeanReducer):
 
@@ -328,8 +366,9 @@ def tuplet_margin(
     s cos m + sqrt(1 - s^2) sin m, finite-gradient at s = +-1 (pytorch-metric-learning's arccos is not).
     """
     check_pair_inputs("tuplet_margin", "sim", sim, labels, sample_mask,
-                      pair_masks=(("pos_mask", pos_mask), ("neg_mask", neg_mask)))
-    pos, neg = _masks(labels, sample_mask, pos_mask, neg_mask)
+                      pair_masks=(("pos_mask", pos_mask), ("neg_mask", neg_mask)),
+                      ref_labels=ref_labels, ref_mask=ref_mask)
+    pos, neg = _masks(labels, sample_mask, pos_mask, neg_mask, ref_labels, ref_mask)
     mr = math.radians(margin)
     c = jnp.clip(sim, -1.0, 1.0)
     pos_shifted = c * math.cos(mr) + safe_sqrt(1.0 - c * c) * math.sin(mr)  # [a, p]
@@ -348,6 +387,8 @@ def intra_pair_variance(
     pos_mask: jnp.ndarray | None = None,
     neg_mask: jnp.ndarray | None = None,
     sample_mask: jnp.ndarray | None = None,
+    ref_labels: jnp.ndarray | None = None,
+    ref_mask: jnp.ndarray | None = None,
 ) -> jnp.ndarray:
     """Intra-pair variance loss (Yu et al. 2019), pytorch-metric-learning's IntraPairVarianceLoss:
 
@@ -356,8 +397,9 @@ def intra_pair_variance(
     (means over all pairs, MeanReducer; the means mu carry gradient). Defined on a similarity.
     """
     check_pair_inputs("intra_pair_variance", "sim", sim, labels, sample_mask,
-                      pair_masks=(("pos_mask", pos_mask), ("neg_mask", neg_mask)))
-    pos, neg = _masks(labels, sample_mask, pos_mask, neg_mask)
+                      pair_masks=(("pos_mask", pos_mask), ("neg_mask", neg_mask)),
+                      ref_labels=ref_labels, ref_mask=ref_mask)
+    pos, neg = _masks(labels, sample_mask, pos_mask, neg_mask, ref_labels, ref_mask)
     mu_pos = masked_mean(sim, pos)
     mu_neg = masked_mean(sim, neg)
     pos_loss = jax.nn.relu((1.0 - pos_eps) * mu_pos - sim) ** 2

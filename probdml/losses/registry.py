@@ -1,4 +1,5 @@
-"""The one list of losses: name -> function, family, the matrix it reads and its pytorch-metric-learning class.
+"""The one list of losses: name -> function, family, the matrix it reads and its pytorch-metric-learning class;
+and the wrappers around losses (the cross-batch memory).
 
 Names are the snake_case of the pytorch-metric-learning class without the `Loss` suffix
 (`pml_name_to_key`); ALIASES keeps the names probdml used before (configs, recipes, README).
@@ -10,7 +11,7 @@ import re
 from collections.abc import Callable
 from typing import NamedTuple
 
-from probdml.losses import pair, proxy, ranking, self_supervised
+from probdml.losses import memory, pair, proxy, ranking, self_supervised
 
 FAMILIES = ("proxy", "pair", "ranking", "self_supervised")
 READS = ("similarity", "distance", "embeddings")
@@ -72,6 +73,19 @@ LOSS_REGISTRY: dict[str, LossSpec] = {
     "dynamic_soft_margin": LossSpec(pair.dynamic_soft_margin, "pair", "distance", "DynamicSoftMarginLoss"),
     "signal_to_noise_ratio_contrastive": LossSpec(pair.signal_to_noise_ratio_contrastive, "pair", "distance",
                                                   "SignalToNoiseRatioContrastiveLoss"),
+}
+
+
+
+class WrapperSpec(NamedTuple):
+    obj: type  # what wraps a loss (e.g. a state carried between steps)
+    wraps: tuple[str, ...]  # the registry losses it can wrap
+    pml: str  # the pytorch-metric-learning wrapper class it follows
+
+
+# Wrappers around a loss (pytorch-metric-learning's BaseLossWrapper subclasses), under the same naming rule.
+WRAPPER_REGISTRY: dict[str, WrapperSpec] = {
+    "cross_batch_memory": WrapperSpec(memory.CrossBatchMemory, memory.MEMORY_LOSSES, "CrossBatchMemory"),
 }
 
 # Earlier probdml names -> registry names.
