@@ -335,3 +335,28 @@ def test_load_split_carries_the_severity_and_checks_the_builder_config(ambiguous
         data.load_split(cfg(tiny_builds[0], "ambigous"), "train")
     with pytest.raises(ConfigError, match="dataset 'digits' has no builder configs"):
         data.check_builder_config(ml_collections.ConfigDict({"name": "digits", "builder_config": "tiny"}))
+
+
+def test_glyphs_run_selects_on_val_and_records_both_test_results(tiny_builds, tmp_path):
+    """configs/glyphs.py as shipped selects on val: a (tiny) glyphs run records the val-selected step and the
+    test metrics at the final and at the selected step, and never evaluates test before the end."""
+    import json
+
+    from configs import glyphs as glyphs_config
+    from probdml import train
+
+    config = glyphs_config.get_config()
+    config.data.data_dir, config.data.builder_config = tiny_builds[0].data_dir, "tiny"
+    config.data.val_fraction = 0.3  # tiny's 6 training classes: floor(6 * 0.7) = 4 train_sub, 2 val
+    config.data.batch_size = 16
+    config.num_steps, config.eval_every, config.log_every, config.checkpoint_every = 6, 3, 3, 3
+    config.model.widths, config.model.embed_dim, config.model.groups = (8, 16), 16, 4
+    config.eval.clustering = False
+    record = train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert record["selection"]["split"] == "val" and record["selection"]["metric"] == "val/recall@1"
+    assert record["selection"]["step"] in (3, 6) and (record["step"], record["split"]) == (6, "test")
+    assert "recall@1" in record and "recall@1" in record["selected"]
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    val = {r["step"]: r["val/recall@1"] for r in rows if "val/recall@1" in r}
+    assert sorted(val) == [3, 6] and record["selection"]["value"] == max(val.values())
+    assert not any(k.startswith("test/") for r in rows if r["step"] < 6 for k in r)
