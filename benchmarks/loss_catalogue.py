@@ -5,7 +5,7 @@
 configs/digits.py carries ProxyAnchor's options (margin, alpha), which other losses reject, so
 `--config.loss.name=X` alone cannot switch the loss: each run takes the digits config with its loss
 section replaced by {name: X, similarity: 'cosine'} (the loss's defaults, pytorch-metric-learning's),
-optionally with num_steps = N, and runs train.train_and_evaluate in a fresh subprocess, one loss after
+with no proxy learning-rate multiplier for losses without proxies, optionally with num_steps = N, and runs train.train_and_evaluate in a fresh subprocess, one loss after
 another. It prints the final metrics line (test split, at the last step) and the run's wall time. Losses
 without a config objective (objective.LABEL_FREE_LOSSES) are skipped with their reason.
 """
@@ -34,11 +34,14 @@ def run_one(name: str, steps: int | None) -> None:
 
     config = digits.get_config()
     config.loss = ml_collections.ConfigDict({"name": name, "similarity": "cosine"})
+    if name not in objective.PROXY_LOSSES:  # the digits config's proxy learning-rate multiplier
+        config.optim.lr_mults = {}
     if steps is not None:
         config.num_steps = steps
     with tempfile.TemporaryDirectory() as workdir:
         metrics = train.train_and_evaluate(config, workdir)
-    print("final " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    print("final " + "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
+                               if k in ("step", "split", "recall@1", "map@r", "r_auroc/nn_similarity")))
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 same inputs, in the same process.
 
     python benchmarks/losses.py [--batch 128] [--classes 100] [--dim 512] [--per-class 4] [--repeats 20]
-                                [--threads N]
+                                [--threads N] [--rows NAME ...]
 
 Each row: the minimum wall time over interleaved repeats of one loss value and its gradient w.r.t. the
 embeddings (and the proxies), probdml's call being a compiled `jax.jit(jax.value_and_grad(...))`
@@ -100,6 +100,7 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=4, help="samples per class in the batch")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None, help="threads for both libraries (default: theirs)")
+    parser.add_argument("--rows", nargs="*", default=None, help="only the rows whose name contains one of these")
     args = parser.parse_args()
     b, c, d = args.batch, args.classes, args.dim
 
@@ -191,16 +192,22 @@ def main() -> None:
           f"{os.getloadavg()[0]:.1f}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}", end="")
     print(f"; torch {torch.__version__}, {torch.get_num_threads()} threads" if torch else "; torch not installed")
     print(f"{'loss':40s} {'probdml ms':>11s} {'pml ms':>9s} {'pml/probdml':>12s}")
+    if args.rows:
+        rows = [row for row in rows if any(part in row[0] for part in args.rows)]
     for name, ours, ref in rows:
         if ref is None or torch is None:
             (ours_ms,) = _min_ms([ours], args.repeats)
             print(f"{name:40s} {ours_ms:11.2f} {'-':>9s} {'-':>12s}")
             continue
-        loss_name, loss_kw, miner_spec, params = ref
-        loss = getattr(pml_losses, loss_name)(**loss_kw)
-        miner = getattr(pml_miners, miner_spec[0])(**miner_spec[1]) if miner_spec else None
-        theirs = _torch_timer(torch, loss, emb_np, labels_np, miner, params)
-        note = ""
+        note, miner_spec = "", None
+        if callable(ref):  # a row with its own PyTorch call (other inputs than (embeddings, labels))
+            theirs = ref(torch, pml_losses)
+            note = getattr(theirs, "note", "")
+        else:
+            loss_name, loss_kw, miner_spec, params, *unit = ref
+            loss = getattr(pml_losses, loss_name)(**loss_kw)
+            miner = getattr(pml_miners, miner_spec[0])(**miner_spec[1]) if miner_spec else None
+            theirs = _torch_timer(torch, loss, unit[0] if unit else emb_np, labels_np, miner, params)
         if miner_spec is not None and miner_spec[0] in SAMPLING_MINERS:
             note = "  sampled"
         else:
@@ -236,6 +243,9 @@ def _catalogue_rows(emb, labels, w, w_np, c, d):
 
     k = 3
     sub_w = np.random.default_rng(1).normal(size=(d, c * k)).astype(np.float32)
+    # PML's AngularLoss dots the normalised a + p with the raw negatives: equal on unit embeddings
+    unit_np = np.asarray(emb) / np.linalg.norm(np.asarray(emb), axis=1, keepdims=True)
+    unit = jnp.asarray(unit_np)
     return [
         batch(losses.circle, "CircleLoss"),
         batch(losses.sup_con, "SupConLoss"),
@@ -245,7 +255,8 @@ def _catalogue_rows(emb, labels, w, w_np, c, d):
         batch(losses.tuplet_margin, "TupletMarginLoss"),
         batch(losses.intra_pair_variance, "IntraPairVarianceLoss"),
         ("nca", _jax_timer(lambda e: losses.nca(cos(e), labels, scale=2.0), emb), ("NCALoss", {}, None, [])),
-        batch(losses.angular, "AngularLoss"),
+        ("angular (unit embeddings)", _jax_timer(lambda e: losses.angular(cos(e), labels), unit),
+         ("AngularLoss", {}, None, [], unit_np)),
         batch(losses.instance, "InstanceLoss"),
         batch(losses.pnp, "PNPLoss"),
         batch(losses.histogram, "HistogramLoss"),
@@ -267,7 +278,118 @@ def _catalogue_rows(emb, labels, w, w_np, c, d):
             lambda e, w_: losses.sphere_face(similarity.cosine(e, w_), labels, embedding_norms=jnp.linalg.norm(e, axis=1)),
             emb, w),
          ("SphereFaceLoss", dict(num_classes=c, embedding_size=d), None, [("W", w_np)])),
-    ]
+    ] + _special_rows(emb, labels, w_np, c, d)
+
+
+def _special_rows(emb, labels, w_np, c, d):
+    """Catalogue losses whose PyTorch call takes other inputs than (embeddings, labels): each row's
+    reference is a function (torch, pml_losses) -> timer."""
+    emb_np, labels_np = np.asarray(emb), np.asarray(labels)
+    b = len(emb_np)
+    rng = np.random.default_rng(2)
+
+    def cos(e):
+        return similarity.cosine(e, e)
+
+    def torch_call(make_loss, forward_inputs, grads_of, params=(), note=""):
+        def make(torch, pml_losses):
+            loss = make_loss(pml_losses)
+            for name, value in params:
+                getattr(loss, name).data = torch.tensor(np.asarray(value))
+            tensors = [torch.tensor(np.asarray(x), requires_grad=g) for x, g in zip(forward_inputs, grads_of, strict=True)]
+
+            def forward():
+                return loss(*tensors)
+
+            def run():
+                for t in tensors:
+                    t.grad = None
+                loss.zero_grad()
+                forward().backward()
+
+            run.value = lambda: float(forward().item())
+            run.note = note
+            return run
+
+        return make
+
+    # P2SGrad: PML renormalises its weights in place; unit columns make both sides start equal
+    w_unit = w_np / np.linalg.norm(w_np, axis=0, keepdims=True)
+    p2s = ("p2s_grad", _jax_timer(lambda e, w_: losses.p2s_grad(similarity.cosine(e, w_), labels), emb,
+                                  jnp.asarray(w_unit.T)),
+           ("P2SGradLoss", dict(descriptors_dim=d, num_classes=c), None, [("weight", w_unit)]))
+    # SmoothAP: PML needs contiguous equal-size classes, as many classes as samples per class (8 x 8)
+    g = 8
+    ap_emb, ap_labels = emb_np[: g * g], np.repeat(np.arange(g), g)
+
+    def smooth_ap_torch(torch, pml_losses):
+        return torch_call(lambda L: L.SmoothAPLoss(temperature=0.01), (ap_emb, ap_labels), (True, False),
+                          note="  batch 64 = 8 x 8")(torch, pml_losses)
+
+    smooth = ("smooth_ap (batch 8 x 8)", _jax_timer(lambda e: losses.smooth_ap(cos(e), jnp.asarray(ap_labels)),
+                                                    jnp.asarray(ap_emb)), smooth_ap_torch)
+    # VICReg: two views (here the batch and a perturbed copy)
+    ref_np = (emb_np + 0.5 * rng.normal(size=emb_np.shape)).astype(np.float32)
+
+    def vic_reg_torch(torch, pml_losses):
+        loss = pml_losses.VICRegLoss()
+        e, r = (torch.tensor(x, requires_grad=True) for x in (emb_np, ref_np))
+
+        def run():
+            e.grad = r.grad = None
+            loss(e, ref_emb=r).backward()
+
+        run.value = lambda: float(loss(e, ref_emb=r).item())
+        return run
+
+    vic = ("vic_reg", _jax_timer(lambda e, r: losses.vic_reg(e, r), emb, jnp.asarray(ref_np)), vic_reg_torch)
+    # Manifold: K = 16 proxies (meta-classes) drawn per sample
+    k = 16
+    proxies_np = rng.normal(size=(k, d)).astype(np.float32)
+    meta = rng.integers(0, k, size=b)
+
+    def manifold_ours(e, p):
+        both = jnp.concatenate([e, p])
+        return losses.manifold(cos(both), jnp.asarray(meta), num_proxies=k, lambda_c=0.5, margin=0.01)
+
+    def manifold_torch(torch, pml_losses):
+        loss = pml_losses.ManifoldLoss(l=d, K=k, lambdaC=0.5, margin=0.01)
+        loss.proxies.data = torch.tensor(proxies_np)
+        e, m = torch.tensor(emb_np, requires_grad=True), torch.tensor(meta)
+
+        def run():
+            e.grad = None
+            loss.zero_grad()
+            loss(e, indices_tuple=m).backward()
+
+        run.value = lambda: float(loss(e, indices_tuple=m).item())
+        return run
+
+    mani = ("manifold (K = 16)", _jax_timer(manifold_ours, emb, jnp.asarray(proxies_np)), manifold_torch)
+    # DynamicSoftMargin: stateful; both sides start from an empty histogram and are compared on the first call
+    # (PML then updates its histogram on every call, ours is timed with the first histogram held fixed)
+    # (PML differentiates through its histogram, so it is detached before each of its calls)
+    hist = jnp.zeros(10)
+
+    def dsm_torch(torch, pml_losses):
+        loss = pml_losses.DynamicSoftMarginLoss(min_val=-2.0, num_bins=10, momentum=0.1)
+        e, y = torch.tensor(emb_np, requires_grad=True), torch.tensor(labels_np)
+
+        def forward():
+            loss.hist_ = loss.hist_.detach()
+            return loss(e, y)
+
+        def run():
+            e.grad = None
+            forward().backward()
+
+        run.value = lambda: float(forward().item())
+        return run
+
+    dsm = ("dynamic_soft_margin", _jax_timer(
+        lambda e: losses.dynamic_soft_margin(similarity.chord_distance(cos(e)), labels, hist, momentum=0.1)[0], emb),
+        dsm_torch)
+    return [p2s, smooth, vic, mani, dsm]
 
 
 def _ism_triplet(pair: similarity.Pairwise, labels):

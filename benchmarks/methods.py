@@ -59,6 +59,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "idml_mix_alpha0.4": ("idml_proxy_anchor", {"mixup.alpha": 0.4}),
     "proxy_anchor_mixup_alpha0.4": ("proxy_anchor_mixup", {"mixup.alpha": 0.4}),
     "el_nivmf_guidance": ("el_nivmf", {"loss.guidance_weight": 1.0}),
+    "el_nivmf_fixed_T": ("el_nivmf", {"loss.learn_temperature": False}),
+    "el_nivmf_T0.1": ("el_nivmf", {"loss.temperature": 0.1}),
+    "el_nivmf_no_warm_start": ("el_nivmf", {"loss.warm_start": False}),
+    "el_nivmf_init_norm10": ("el_nivmf", {"model.init_norm_multiplier": 10.0}),
+    "el_nivmf_conc50": ("el_nivmf", {"loss.proxy_concentration": 50.0}),
 }
 METHODS = BASE_METHODS + tuple(VARIANTS)
 SCORES = ("model", "nn_similarity", "norm")

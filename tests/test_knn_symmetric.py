@@ -29,3 +29,18 @@ def test_symmetric_self_search_equals_the_sweep_and_brute_force(n, k, metric, bl
     assert list(i_sym[7][:2]) == [5, 40]  # duplicates of row 7: distance 0, lower index first
     clear = np.diff(np.take_along_axis(sim, order, axis=1), axis=1) < -1e-4  # rank gaps float32 cannot blur
     assert np.mean(i_sym[:, 0] == order[:, 0]) > 0.99 and clear.any()
+
+
+def test_symmetric_self_search_with_ties_at_every_running_threshold():
+    """Integer vectors (exact dot products) from 8 distinct rows: every score ties with hundreds of others,
+    so blocks keep offering candidates equal to a row's running k-th score; those must lose to the lower
+    indices already held (the rule the block pre-filter relies on)."""
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 2, size=(8, 3)).astype(np.float32)[rng.integers(0, 8, size=230)]
+    k = 40
+    _, idx = neighbors.knn(x, None, k, metric="dot", block_size=32)
+    sim = x.astype(np.float64) @ x.T.astype(np.float64)
+    np.fill_diagonal(sim, -np.inf)
+    np.testing.assert_array_equal(idx, np.argsort(-sim, axis=1, kind="stable")[:, :k])
+    _, idx_sweep = neighbors.knn(x, x, k, metric="dot", ref_includes_query=True, ref_block_size=48)
+    np.testing.assert_array_equal(idx_sweep, idx)
