@@ -82,36 +82,32 @@ def _drop_below_running(s: jax.Array, run_s: jax.Array) -> jax.Array:
 def _merge_block(metric, k, precision, exclude_self, mask_padding, q, q_ref_index, r, r_start, n_ref, run_s, run_i):
     """One (query block, reference block) step of the running top-k.
 
-    Padding references (only in the last block, `mask_padding`) score -inf before the block's
-    top-k. The self-match is removed after it: the block's top-(k+1) holds the top-k of the
-    block without the query, and the query's own entry, if there, is set to -inf. The running
-    list holds lower reference indices than the new block and comes first in the concatenation,
-    and `lax.top_k` puts the lower position first among equal values, so ties are always
-    broken by the lower index.
+    Padding references (only in the last block, `mask_padding`) and the self-match (`exclude_self`, by
+    index) score -inf; the running list and the block's scores are then merged by one top-k. The running
+    list holds lower reference indices than the new block and comes first in the concatenation, and
+    `lax.top_k` puts the lower position first among equal values, so ties are always broken by the lower
+    index.
     """
     q = _prepare(metric, q)
     s = _scores(metric, q, r, precision)
-    br = s.shape[1]
+    cols = r_start + jnp.arange(s.shape[1], dtype=jnp.int32)
     if mask_padding:
-        s = jnp.where(r_start + jnp.arange(br, dtype=jnp.int32)[None, :] >= n_ref, jnp.array(-jnp.inf, s.dtype), s)
-    block_s, block_pos = jax.lax.top_k(_drop_below_running(s, run_s), min(k + int(exclude_self), br))
-    block_i = block_pos.astype(jnp.int32) + r_start
+        s = jnp.where(cols[None, :] >= n_ref, jnp.array(-jnp.inf, s.dtype), s)
     if exclude_self:
-        block_s = jnp.where(block_i == q_ref_index[:, None], jnp.array(-jnp.inf, s.dtype), block_s)
-    cand_s = jnp.concatenate([run_s.astype(s.dtype), block_s], axis=1)
-    cand_i = jnp.concatenate([run_i, block_i], axis=1)
-    top_s, top_pos = jax.lax.top_k(cand_s, k)
-    return top_s, jnp.take_along_axis(cand_i, top_pos, axis=1)
+        s = jnp.where(cols[None, :] == q_ref_index[:, None], jnp.array(-jnp.inf, s.dtype), s)
+    return _top_k_into(run_s.astype(s.dtype), run_i, s, r_start, k)
 
 
 def _top_k_into(run_s, run_i, s, start, k):
-    """Merge the top-k of the score rows `s` (reference indices start + column) into the running lists;
-    the running list holds lower indices and comes first, so ties go to the lower index."""
-    block_s, block_pos = jax.lax.top_k(_drop_below_running(s, run_s), min(k, s.shape[1]))
-    cand_s = jnp.concatenate([run_s, block_s], axis=1)
-    cand_i = jnp.concatenate([run_i, block_pos.astype(jnp.int32) + start], axis=1)
+    """Merge the score rows `s` (reference indices start + column) into the running top-k lists by one
+    top-k over [running list, s]: the running list holds lower indices and comes first, so ties go to the
+    lower index."""
+    cand_s = jnp.concatenate([run_s, _drop_below_running(s, run_s)], axis=1)
     top_s, top_pos = jax.lax.top_k(cand_s, k)
-    return top_s, jnp.take_along_axis(cand_i, top_pos, axis=1)
+    n_run = run_s.shape[1]
+    top_i = jnp.where(top_pos < n_run, jnp.take_along_axis(run_i, jnp.minimum(top_pos, n_run - 1), axis=1),
+                      top_pos.astype(jnp.int32) - n_run + start)
+    return top_s, top_i
 
 
 @functools.lru_cache(maxsize=32)
