@@ -13,6 +13,7 @@ without a config objective (objective.LABEL_FREE_LOSSES) are skipped with their 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -25,15 +26,15 @@ sys.path.insert(0, ROOT)
 from probdml import objective  # noqa: E402
 
 
-def run_one(name: str, steps: int | None) -> None:
-    """Train one loss in this process and print its final metrics."""
+def run_one(name: str, steps: int | None, options: dict | None = None) -> None:
+    """Train one loss (with `options`, extra loss hyper-parameters) in this process and print its final metrics."""
     import ml_collections
 
     from configs import digits
     from probdml import train
 
     config = digits.get_config()
-    config.loss = ml_collections.ConfigDict({"name": name, "similarity": "cosine"})
+    config.loss = ml_collections.ConfigDict({"name": name, "similarity": "cosine", **(options or {})})
     if name not in objective.PROXY_LOSSES:  # the digits config's proxy learning-rate multiplier
         config.optim.lr_mults = {}
     if steps is not None:
@@ -50,16 +51,17 @@ def main() -> None:
     parser.add_argument("--losses", nargs="*", default=names)
     parser.add_argument("--steps", type=int, default=None, help="override config.num_steps (digits: 400)")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--options", default="{}", help="JSON dict of loss hyper-parameters for every loss")
     args = parser.parse_args()
     if args.one is not None:
-        run_one(args.one, args.steps)
+        run_one(args.one, args.steps, json.loads(args.options))
         return
     print(f"load average {os.getloadavg()[0]:.1f}; {len(args.losses)} losses, one run at a time")
     for name in args.losses:
         if name in objective.LABEL_FREE_LOSSES:
             print(f"{name:36s} skipped: {objective.LABEL_FREE_LOSSES[name]}")
             continue
-        cmd = [sys.executable, os.path.abspath(__file__), "--one", name]
+        cmd = [sys.executable, os.path.abspath(__file__), "--one", name, "--options", args.options]
         if args.steps is not None:
             cmd += ["--steps", str(args.steps)]
         start = time.time()
