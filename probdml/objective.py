@@ -7,10 +7,11 @@
   to these names); {} for losses without parameters;
 - `apply(params, outputs, labels, key, state=None)` -> (scalar loss, dict of scalar aux metrics), where
   `outputs` is the model's output dict ('embedding' [B, D], optionally 'uncertainty' [B, Du]);
-- for losses with a state carried between steps (the cross-batch memory, `memory_size` > 0):
-  `init_state(like)` -> the initial state from the per-sample outputs' shapes, `update_state(state, outputs,
-  labels)` -> the state with this batch enqueued, which `apply` then reads (pytorch-metric-learning's order);
-  None otherwise.
+- for losses with a state carried between steps (the cross-batch memory, `memory_size` > 0; the dynamic
+  soft margin loss's histogram): `init_state(like)` -> the initial state from the per-sample outputs'
+  shapes; `update_state(state, outputs, labels)` -> the state with this batch enqueued, which `apply` then
+  reads (pytorch-metric-learning's order), or None when `apply` itself returns the new state as
+  aux['loss_state'] (the histogram, updated by the same computation as the loss); None otherwise.
 
 Config (`loss_cfg`, an ml_collections.ConfigDict):
 - `name`: a key of LOSSES; `similarity`: a key of probdml.similarity.SIMILARITIES (default 'cosine');
@@ -114,8 +115,10 @@ GENERIC_PAIR_LOSSES = (
 LABEL_FREE_LOSSES = {
     "vic_reg": "it compares two augmented views of each image, and the trainer feeds one",
     "manifold": "it is label-free (random meta-class proxies), and the trainer optimises labelled retrieval",
-    "dynamic_soft_margin": "it carries a histogram from step to step, and the train state holds no loss state",
 }
+# The dynamic soft margin loss carries its histogram in the train state (`init_state`; `apply` returns the
+# updated one as aux['loss_state']); pytorch-metric-learning's defaults.
+DYNAMIC_SOFT_MARGIN_DEFAULTS = {"min_val": -2.0, "num_bins": 10, "momentum": 0.01}
 _SUPPLIED = ("sample_mask", "pos_mask", "neg_mask", "magnitudes", "embedding_norms")
 
 
@@ -504,9 +507,45 @@ def _pair_objective(cfg: ml_collections.ConfigDict, num_classes: int, embed_dim:
     return Objective(init, apply)
 
 
+def _dynamic_soft_margin_objective(cfg: ml_collections.ConfigDict, num_classes: int, embed_dim: int) -> Objective:
+    """probdml.losses.dynamic_soft_margin over all valid triplets of the batch, on the similarity's distance,
+    with its histogram [num_bins] in the train state (zeros at the start, PML's initial state)."""
+    del num_classes, embed_dim
+    _check_keys(cfg, {"name", "similarity", "similarity_options", *DYNAMIC_SOFT_MARGIN_DEFAULTS})
+    hp = _options(cfg, DYNAMIC_SOFT_MARGIN_DEFAULTS)
+    num_bins = hp["num_bins"]
+    if isinstance(num_bins, bool) or not isinstance(num_bins, numbers.Integral) or num_bins < 1:
+        raise ConfigError(f"dynamic_soft_margin num_bins must be a positive integer, got {num_bins!r}")
+    if not hp["min_val"] < 0:
+        raise ConfigError(f"dynamic_soft_margin min_val must be negative (bins on [min_val, -min_val]), got {hp['min_val']}")
+    if not 0 <= hp["momentum"] <= 1:
+        raise ConfigError(f"dynamic_soft_margin momentum must be in [0, 1], got {hp['momentum']}")
+    sim_fn = _similarity(cfg)
+
+    def init(key: Array) -> dict:
+        del key
+        return {}
+
+    def init_state(like: dict) -> dict:
+        del like
+        return {"histogram": jnp.zeros((int(num_bins),), jnp.float32)}
+
+    def apply(params: dict, outputs: dict, labels: Array, key: Array, state: dict | None = None) -> tuple[Array, dict]:
+        del params
+        if state is None or "histogram" not in state:
+            raise ValueError("loss 'dynamic_soft_margin' needs its state (init_state): the histogram of past batches")
+        pair = sim_fn(outputs, outputs, key=key)
+        loss, histogram = losses.dynamic_soft_margin(pair.distance, labels, state["histogram"],
+                                                     min_val=float(hp["min_val"]), momentum=float(hp["momentum"]))
+        return loss, {"loss_state": {**state, "histogram": histogram}}
+
+    return Objective(init, apply, init_state=init_state)
+
+
 LOSSES: dict[str, Callable[[ml_collections.ConfigDict, int, int], Objective]] = {
     name: (_proxy_objective if name in PROXY_LOSSES else _pair_objective) for name in LOSS_DEFAULTS
 }
+LOSSES["dynamic_soft_margin"] = _dynamic_soft_margin_objective
 # The registry names (snake_case of the pytorch-metric-learning class) of losses that had other names here.
 LOSS_ALIASES = {canonical: old for old, canonical in losses.ALIASES.items()}
 LOSSES.update({canonical: LOSSES[old] for canonical, old in LOSS_ALIASES.items()})

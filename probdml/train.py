@@ -79,9 +79,12 @@ def make_train_step(
         loss_key, mix_key, mix_loss_key = jax.random.split(key, 3)
         outputs, batch_stats = forward(params, batch_stats, batch["image"])
         outputs = models.float32_outputs(outputs)
-        if obj.update_state is not None:  # the cross-batch memory: enqueue the (global) batch, then compare
-            loss_state = obj.update_state(loss_state, outputs, batch["label"])
+        if obj.init_state is not None:  # a loss with a state: the cross-batch memory enqueues the (global)
+            if obj.update_state is not None:  # batch, then compares; others return their new state as aux
+                loss_state = obj.update_state(loss_state, outputs, batch["label"])
             loss, aux = obj.apply(params["loss"], outputs, batch["label"], loss_key, loss_state)
+            aux = dict(aux)
+            loss_state = aux.pop("loss_state", loss_state)
         else:
             loss, aux = obj.apply(params["loss"], outputs, batch["label"], loss_key)
         if use_mixup:
@@ -167,7 +170,14 @@ def create_setup(
 
 def check_memory(config: ml_collections.ConfigDict) -> None:
     """A cross-batch memory (`loss.memory_size` > 0) holds at least one global batch and excludes Mixup
-    (whose mixed images have no single label to enqueue)."""
+    (whose mixed images have no single label to enqueue); so does a loss that carries a state of its own
+    (the dynamic soft margin loss's histogram: the mixed batch would need a second one)."""
+    mixup_on = config.get("mixup") is not None and config.mixup.get("enabled", False)
+    if config.loss.name == "dynamic_soft_margin" and mixup_on:
+        raise ConfigError("loss dynamic_soft_margin and mixup.enabled are exclusive: its histogram state follows "
+                          "the clean batches only; set mixup.enabled=False or choose another loss")
+    if config.loss.name == "dynamic_soft_margin":
+        return
     size = objective.memory_size(config.loss)
     if not size:
         return

@@ -247,3 +247,28 @@ def test_checkpoint_without_loss_state_restores_into_empty_loss_state(tmp_path):
     mngr.close()
     assert int(restored.step) == 7 and restored.loss_state == {}
     np.testing.assert_array_equal(restored.params["w"], np.arange(3.0))
+
+
+def test_dynamic_soft_margin_trains_with_its_histogram_in_the_train_state():
+    """The train step carries the loss's histogram between steps: after each of 3 steps it equals that of
+    PML's DynamicSoftMarginLoss called on the same embeddings in turn, and the logged loss equals PML's value
+    (cosine: PML's default distance on normalised embeddings). Mixup with it is a ConfigError."""
+    mesh = parallel.make_mesh(1)
+    config = _tiny_config()
+    config.loss = ml_collections.ConfigDict({"name": "dynamic_soft_margin", "momentum": 0.1})
+    setup = train.create_setup(config, mesh, 5, (8, 8, 1))
+    np.testing.assert_array_equal(np.asarray(setup.state.loss_state["histogram"]), np.zeros(10))
+    pml = pml_losses.DynamicSoftMarginLoss(min_val=-2.0, num_bins=10, momentum=0.1)
+    state = setup.state
+    for t in range(3):
+        batch = _batch(t)
+        params = jax.device_get(state.params["model"])
+        embedding = setup.model.apply({"params": params}, jnp.asarray(batch["image"]), train=True)["embedding"]
+        ref = pml(torch.tensor(np.asarray(embedding)), torch.tensor(batch["label"].astype(np.int64))).item()
+        state, metrics = setup.train_step(state, parallel.global_batch(mesh, batch))
+        np.testing.assert_allclose(np.asarray(state.loss_state["histogram"]), pml.hist_.detach().numpy(),
+                                   rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(float(metrics["loss"]), ref, rtol=1e-4, atol=1e-6)
+    config.mixup = ml_collections.ConfigDict({"enabled": True, "alpha": 0.4})
+    with pytest.raises(ConfigError, match="dynamic_soft_margin and mixup.enabled are exclusive"):
+        train.check_memory(config)

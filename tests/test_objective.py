@@ -199,7 +199,9 @@ def _grad_fn(config_id):
                 p = params[name]
                 if "proxies" in p:  # make proxy 0 coincide with an embedding row (cos = 1 exactly)
                     p = dict(p, proxies=p["proxies"].at[0].set(proxy_row[: p["proxies"].shape[1]]))
-                value, grads = jax.value_and_grad(lambda o, q, obj=obj: obj.apply(q, o, labels, key)[0],
+                # a loss carrying its own state (the dynamic soft margin's histogram) starts from its initial one
+                state = obj.init_state(outputs) if obj.init_state is not None else None
+                value, grads = jax.value_and_grad(lambda o, q, obj=obj, st=state: obj.apply(q, o, labels, key, st)[0],
                                                   argnums=(0, 1))(outputs, p)
                 values[name] = value
                 norms[name] = jnp.stack([jnp.sum(jnp.abs(g)) for g in jax.tree.leaves(grads)])
