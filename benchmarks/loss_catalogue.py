@@ -26,7 +26,7 @@ sys.path.insert(0, ROOT)
 from probdml import objective  # noqa: E402
 
 
-def run_one(name: str, steps: int | None, options: dict | None = None) -> None:
+def run_one(name: str, steps: int | None, options: dict | None = None, lr: float | None = None) -> None:
     """Train one loss (with `options`, extra loss hyper-parameters) in this process and print its final metrics."""
     import ml_collections
 
@@ -39,6 +39,8 @@ def run_one(name: str, steps: int | None, options: dict | None = None) -> None:
         config.optim.lr_mults = {}
     if steps is not None:
         config.num_steps = steps
+    if lr is not None:
+        config.optim.learning_rate = lr
     with tempfile.TemporaryDirectory() as workdir:
         metrics = train.train_and_evaluate(config, workdir)
     print("final " + "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
@@ -52,9 +54,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="override config.num_steps (digits: 400)")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--options", default="{}", help="JSON dict of loss hyper-parameters for every loss")
+    parser.add_argument("--lr", type=float, default=None, help="override config.optim.learning_rate (digits: 3e-4)")
     args = parser.parse_args()
     if args.one is not None:
-        run_one(args.one, args.steps, json.loads(args.options))
+        run_one(args.one, args.steps, json.loads(args.options), args.lr)
         return
     print(f"load average {os.getloadavg()[0]:.1f}; {len(args.losses)} losses, one run at a time")
     for name in args.losses:
@@ -64,6 +67,8 @@ def main() -> None:
         cmd = [sys.executable, os.path.abspath(__file__), "--one", name, "--options", args.options]
         if args.steps is not None:
             cmd += ["--steps", str(args.steps)]
+        if args.lr is not None:
+            cmd += ["--lr", str(args.lr)]
         start = time.time()
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=ROOT)
         final = [line for line in proc.stdout.splitlines() if line.startswith("final ")]

@@ -65,6 +65,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "el_nivmf_T0.1": ("el_nivmf", {"loss.temperature": 0.1}),
     "el_nivmf_no_warm_start": ("el_nivmf", {"loss.warm_start": False}),
     "el_nivmf_init_norm10": ("el_nivmf", {"model.init_norm_multiplier": 10.0}),
+    "el_nivmf_init_norm10_fixed_T": ("el_nivmf", {"model.init_norm_multiplier": 10.0, "loss.learn_temperature": False,
+                                                  "optim.lr_mults": {"proxies": 100.0, "proxy_kappa": 100.0},
+                                                  "optim.weight_decay_mults": {"proxies": 0.0, "proxy_kappa": 0.0}}),
     "el_nivmf_conc50": ("el_nivmf", {"loss.proxy_concentration": 50.0}),
 }
 METHODS = BASE_METHODS + tuple(VARIANTS)
