@@ -70,6 +70,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "el_nivmf_init_norm10": ("el_nivmf", {"model.init_norm_multiplier": 10.0}),
     "el_nivmf_conc50": ("el_nivmf", {**INIT1, "loss.proxy_concentration": 50.0}),
     "el_nivmf_init_norm10_fixed_T": ("el_nivmf", {"model.init_norm_multiplier": 10.0, **FIXED_T}),
+    "el_nivmf_conc50_init10": ("el_nivmf", {"model.init_norm_multiplier": 10.0, "loss.proxy_concentration": 50.0}),
 }
 METHODS = BASE_METHODS + tuple(VARIANTS)
 SCORES = ("model", "nn_similarity", "norm")
