@@ -46,7 +46,8 @@ DATASETS = ("glyphs", "glyphs_ambiguous", "digits")
 BASE_METHODS = ("proxy_anchor", "proxy_anchor_mixup", "idml_proxy_anchor", "idml_compat", "el_nivmf", "el_nivmf_d16")
 # Ablations: (base method, {dotted config field: value}).
 TORCH_INIT = {"model.uncertainty_init_scale": 1.0}  # the uncertainty head at PyTorch's init (the pre-fix default)
-INIT1 = {"model.init_norm_multiplier": 1.0}  # EL-nivMF's vMF head at PyTorch's init scale (the previous default)
+# EL-nivMF's previous glyphs default: the vMF head at PyTorch's init scale, nivMF proxies of concentration 10
+INIT1 = {"model.init_norm_multiplier": 1.0, "loss.proxy_concentration": 10.0}
 FIXED_T = {"loss.learn_temperature": False, "optim.lr_mults": {"proxies": 100.0, "proxy_kappa": 100.0},
            "optim.weight_decay_mults": {"proxies": 0.0, "proxy_kappa": 0.0}}  # T = 1, not learned
 VARIANTS: dict[str, tuple[str, dict]] = {
@@ -61,15 +62,16 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "idml_clean2": ("idml_proxy_anchor", {"mixup.clean_weight": 2.0}),
     "idml_mix_alpha0.4": ("idml_proxy_anchor", {"mixup.alpha": 0.4}),
     "proxy_anchor_mixup_alpha0.4": ("proxy_anchor_mixup", {"mixup.alpha": 0.4}),
-    # EL-nivMF ablations of the previous glyphs default (init_norm_multiplier 1); the current one is 10
+    # EL-nivMF ablations of the previous glyphs default (INIT1: init_norm_multiplier 1, proxy concentration 10);
+    # the current one (configs/glyphs_nivmf.py) is init_norm_multiplier 10, proxy concentration 50
     "el_nivmf_init1": ("el_nivmf", INIT1),
     "el_nivmf_guidance": ("el_nivmf", {**INIT1, "loss.guidance_weight": 1.0}),
     "el_nivmf_fixed_T": ("el_nivmf", {**INIT1, **FIXED_T}),
     "el_nivmf_T0.1": ("el_nivmf", {**INIT1, "loss.temperature": 0.1}),
     "el_nivmf_no_warm_start": ("el_nivmf", {**INIT1, "loss.warm_start": False}),
-    "el_nivmf_init_norm10": ("el_nivmf", {"model.init_norm_multiplier": 10.0}),
+    "el_nivmf_init_norm10": ("el_nivmf", {**INIT1, "model.init_norm_multiplier": 10.0}),
     "el_nivmf_conc50": ("el_nivmf", {**INIT1, "loss.proxy_concentration": 50.0}),
-    "el_nivmf_init_norm10_fixed_T": ("el_nivmf", {"model.init_norm_multiplier": 10.0, **FIXED_T}),
+    "el_nivmf_init_norm10_fixed_T": ("el_nivmf", {**INIT1, "model.init_norm_multiplier": 10.0, **FIXED_T}),
     "el_nivmf_conc50_init10": ("el_nivmf", {"model.init_norm_multiplier": 10.0, "loss.proxy_concentration": 50.0}),
 }
 METHODS = BASE_METHODS + tuple(VARIANTS)
