@@ -9,6 +9,7 @@ e.g. the expected-likelihood kernel between image vMFs).
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -111,30 +112,46 @@ def _top_k_into(run_s, run_i, s, start, k):
 
 
 @functools.lru_cache(maxsize=32)
-def _symmetric_tile_fn(metric, k, precision, diagonal, mask_padding):
-    """The jitted update of the running top-k of row blocks i and j from one tile S_ij of the symmetric
-    score matrix S = sim(X, X): rows of S_ij for block i, rows of S_ij^T = S_ji for block j (once
-    when i = j, with the self-match masked by position). Rows/columns >= n (padding) score -inf."""
+def _tile_scores_fn(metric, precision, diagonal, mask_padding):
+    """The jitted tile S_ij = sim(X_i, X_j) of the symmetric score matrix and its transpose (off the
+    diagonal), rows/columns >= n (padding) and, on the diagonal tile, the self-matches (by position) at -inf."""
 
-    def tile(xi, xj, start_i, start_j, n, run_si, run_ii, run_sj, run_ij):
+    def tile(xi, xj, start_i, start_j, n):
         s = _scores(metric, xi, xj, precision)
         rows = start_i + jnp.arange(s.shape[0], dtype=jnp.int32)
         cols = start_j + jnp.arange(s.shape[1], dtype=jnp.int32)
         if mask_padding:
             s = jnp.where((rows[:, None] >= n) | (cols[None, :] >= n), jnp.array(-jnp.inf, s.dtype), s)
         if diagonal:
-            s = jnp.where(rows[:, None] == cols[None, :], jnp.array(-jnp.inf, s.dtype), s)
-            return _top_k_into(run_si, run_ii, s, start_j, k)
-        return _top_k_into(run_si, run_ii, s, start_j, k) + _top_k_into(run_sj, run_ij, s.T, start_i, k)
+            return jnp.where(rows[:, None] == cols[None, :], jnp.array(-jnp.inf, s.dtype), s)
+        # S_ji = S_ij^T as its own row-major array: a top-k over the columns of S_ij in place reads it with
+        # a stride and costs twice as much
+        return s, s.T
 
     return jax.jit(tile)
+
+
+@functools.lru_cache(maxsize=32)
+def _merge_executable(k: int, block: int, dtype: str, x64: bool):
+    """The compiled merge of a [block, block] tile's rows into a block's running top-k ([block, k] scores of
+    `dtype`, int32 indices). Compiled here, on the calling thread, because the worker threads that run it
+    do not see this thread's configuration contexts (e.g. `jax.enable_x64`). `x64` only keys the cache."""
+    del x64
+    run_s = jax.ShapeDtypeStruct((block, k), dtype)
+    run_i = jax.ShapeDtypeStruct((block, k), jnp.int32)
+    tile = jax.ShapeDtypeStruct((block, block), dtype)
+    start = jax.ShapeDtypeStruct((), jnp.int32)
+    return jax.jit(partial(_top_k_into, k=k)).lower(run_s, run_i, tile, start).compile()
 
 
 def _symmetric_knn(x: Any, k: int, metric: str, block: int, device: jax.Device, precision: Any):
     """Leave-one-out kNN of x against itself on one device, computing each tile S_ij (i <= j) of the
     symmetric score matrix once: half the matmul work of the query x reference sweep. Block j receives
     tiles from blocks 0..j-1 (transposed), then j, then j+1.. in that order, so every merge sees lower
-    reference indices first and ties go to the lower index, as in `knn`."""
+    reference indices first and ties go to the lower index, as in `knn`. The two merges of an off-diagonal
+    tile (its rows into block i, its columns into block j) are independent of each other and of the next
+    tile's scores, so they run on two host threads while the main thread computes the next tile: XLA:CPU
+    runs a top-k on one core, and computations issued from different threads run concurrently."""
     n = _leading_dim(x, "queries")
     t = -(-n // block)
     padded = t * block > n
@@ -147,14 +164,34 @@ def _symmetric_knn(x: Any, k: int, metric: str, block: int, device: jax.Device, 
     ]
     starts = [jax.device_put(np.int32(b * block), device) for b in range(t)]
     n_arr = jax.device_put(np.int32(n), device)
-    for i in range(t):
-        for j in range(i, t):
-            step = _symmetric_tile_fn(metric, k, precision, i == j, padded and j == t - 1)
-            out = step(blocks[i], blocks[j], starts[i], starts[j], n_arr, *run[i], *run[j])
-            run[i] = out[:2]
-            if i != j:
-                run[j] = out[2:]
-        run[i] = tuple(np.asarray(a) for a in run[i])  # block i is final: to the host, freeing device memory
+    merge = _merge_executable(k, block, np.dtype(dtype).name, bool(jax.config.jax_enable_x64))
+
+    def merge_into(b, s, start):
+        run[b] = jax.block_until_ready(merge(*run[b], s, start))
+
+    # One worker merges tile rows into block i (in order j = i, i+1, ...), one merges tile columns into the
+    # blocks j > i (each once per row of tiles); the main thread computes the next tiles meanwhile, at most
+    # two ahead of the merges (bounded memory).
+    with (concurrent.futures.ThreadPoolExecutor(max_workers=1) as row_worker,
+          concurrent.futures.ThreadPoolExecutor(max_workers=1) as col_worker):
+        for i in range(t):
+            pending: list[list[concurrent.futures.Future]] = []
+            for j in range(i, t):
+                if len(pending) >= 2:
+                    for future in pending.pop(0):
+                        future.result()
+                tile = _tile_scores_fn(metric, precision, i == j, padded and j == t - 1)(
+                    blocks[i], blocks[j], starts[i], starts[j], n_arr)
+                if i == j:
+                    futures = [row_worker.submit(merge_into, i, tile, starts[j])]
+                else:
+                    futures = [row_worker.submit(merge_into, i, tile[0], starts[j]),
+                               col_worker.submit(merge_into, j, tile[1], starts[i])]
+                pending.append(futures)
+            for futures in pending:
+                for future in futures:
+                    future.result()
+            run[i] = tuple(np.asarray(a) for a in run[i])  # block i is final: to the host, freeing device memory
     scores = np.concatenate([s for s, _ in run])[:n]
     indices = np.concatenate([i for _, i in run])[:n]
     return scores, indices.astype(np.int64)
