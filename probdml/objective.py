@@ -35,7 +35,7 @@ import inspect
 import math
 import numbers
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -192,8 +192,29 @@ def memory_size(cfg: ml_collections.ConfigDict) -> int:
     return int(size)
 
 
+def _option_kind(default: Any) -> tuple[Callable[[Any], bool], str] | None:
+    """What a loss option must be, judged by its default: a number (int or float, not bool) for a numeric
+    default, a bool for a bool, a string for a string; None (anything) for a None default."""
+    if isinstance(default, bool):
+        return (lambda v: isinstance(v, bool)), "true or false"
+    if isinstance(default, numbers.Real):
+        return (lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool)), "a number"
+    if isinstance(default, str):
+        return (lambda v: isinstance(v, str)), "a string"
+    return None
+
+
 def _options(cfg: ml_collections.ConfigDict, defaults: dict) -> dict:
-    return {k: cfg.get(k, v) for k, v in defaults.items()}
+    """The options `defaults` names, from `cfg` where given; a given value of the wrong kind (a string for a
+    margin, ...) is a ConfigError here, before it reaches a traced loss."""
+    out = {}
+    for key, default in defaults.items():
+        value = cfg.get(key, default)
+        kind = _option_kind(default)
+        if kind is not None and not kind[0](value):
+            raise ConfigError(f"loss {cfg.get('name', '')!r} option {key} must be {kind[1]}, got {value!r}")
+        out[key] = value
+    return out
 
 
 def _check_keys(cfg: ml_collections.ConfigDict, allowed: set[str]) -> None:

@@ -170,13 +170,13 @@ def create_setup(
 
 def check_memory(config: ml_collections.ConfigDict) -> None:
     """A cross-batch memory (`loss.memory_size` > 0) holds at least one global batch and excludes Mixup
-    (whose mixed images have no single label to enqueue); so does a loss that carries a state of its own
-    (the dynamic soft margin loss's histogram: the mixed batch would need a second one)."""
+    (whose mixed images have no single label to enqueue); the dynamic soft margin loss, whose histogram is a
+    state of its own, excludes Mixup too (the mixed batch would need a second one)."""
     mixup_on = config.get("mixup") is not None and config.mixup.get("enabled", False)
-    if config.loss.name == "dynamic_soft_margin" and mixup_on:
-        raise ConfigError("loss dynamic_soft_margin and mixup.enabled are exclusive: its histogram state follows "
-                          "the clean batches only; set mixup.enabled=False or choose another loss")
     if config.loss.name == "dynamic_soft_margin":
+        if mixup_on:
+            raise ConfigError("loss dynamic_soft_margin and mixup.enabled are exclusive: its histogram state "
+                              "follows the clean batches only; set mixup.enabled=False or choose another loss")
         return
     size = objective.memory_size(config.loss)
     if not size:
@@ -184,7 +184,7 @@ def check_memory(config: ml_collections.ConfigDict) -> None:
     if size < config.data.batch_size:
         raise ConfigError(f"loss.memory_size ({size}) must be at least data.batch_size ({config.data.batch_size}), "
                           "or 0 (no cross-batch memory)")
-    if config.get("mixup") is not None and config.mixup.get("enabled", False):
+    if mixup_on:
         raise ConfigError("loss.memory_size > 0 and mixup.enabled are exclusive: the memory enqueues labelled "
                           "samples; set one of them off")
 

@@ -4,6 +4,8 @@ The losses probdml had before the catalogue run end to end in test_objective and
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -88,3 +90,27 @@ def test_new_miners_through_the_objective(loss_name, miner):
         with pytest.raises(ConfigError, match="miner 'angular' needs a similarity in"):
             objective.build_objective(ml_collections.ConfigDict(dict(name=loss_name, miner=miner, similarity="el")),
                                       C, D)
+
+
+@pytest.mark.parametrize("name,key,value,kind", [
+    ("contrastive", "neg_margin", "abc", "a number"),
+    ("dynamic_soft_margin", "min_val", "abc", "a number"),
+    ("proxy_nca_pp", "learn_temperature", 1, "true or false"),
+    ("pnp", "variant", 3, "a string"),
+])
+def test_a_loss_option_of_the_wrong_kind_is_a_config_error(name, key, value, kind):
+    cfg = ml_collections.ConfigDict({"name": name, "similarity": "cosine", key: value})
+    with pytest.raises(ConfigError, match=re.escape(f"loss {name!r} option {key} must be {kind}, got {value!r}")):
+        objective.build_objective(cfg, C, D)
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("num_bins", 0, "num_bins must be a positive integer, got 0"),
+    ("num_bins", 2.5, "num_bins must be a positive integer, got 2.5"),
+    ("min_val", 1.0, "min_val must be negative"),
+    ("momentum", 2.0, "momentum must be in [0, 1], got 2.0"),
+])
+def test_dynamic_soft_margin_options_are_checked(key, value, message):
+    cfg = ml_collections.ConfigDict({"name": "dynamic_soft_margin", "similarity": "cosine", key: value})
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        objective.build_objective(cfg, C, D)

@@ -77,7 +77,7 @@ def _drop_below_running(s: jax.Array, run_s: jax.Array) -> jax.Array:
     holds lower reference indices, which win ties). Exact, and it makes the block's `lax.top_k` several
     times cheaper on CPU, whose TopK pays per inserted candidate: after the first blocks few scores of a
     block beat a row's running k-th best."""
-    return jnp.where(s > run_s[:, -1:].astype(s.dtype), s, jnp.array(-jnp.inf, s.dtype))
+    return jnp.where(s > run_s[:, -1:], s, jnp.array(-jnp.inf, s.dtype))
 
 
 def _merge_block(metric, k, precision, exclude_self, mask_padding, q, q_ref_index, r, r_start, n_ref, run_s, run_i):
