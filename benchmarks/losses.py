@@ -74,22 +74,26 @@ def _jax_timer(loss_fn, emb, *params):
     return run
 
 
-def _torch_timer(torch, loss, emb, labels, miner=None, params=()):
-    for name, value in params:
-        getattr(loss, name).data = torch.tensor(np.asarray(value))
-    e = torch.tensor(np.asarray(emb), requires_grad=True)
-    y = torch.tensor(np.asarray(labels))
-
-    def forward():
-        return loss(e, y, miner(e, y)) if miner is not None else loss(e, y)
+def _torch_step(loss, inputs, forward):
+    """A timer of forward().backward() for the PML module `loss` (the gradients of the tensors `inputs` and of
+    its parameters cleared before each run); its .value() is the loss value."""
 
     def run():
-        e.grad = None
+        for t in inputs:
+            t.grad = None
         loss.zero_grad()
         forward().backward()
 
     run.value = lambda: float(forward().item())
     return run
+
+
+def _torch_timer(torch, loss, emb, labels, miner=None, params=()):
+    for name, value in params:
+        getattr(loss, name).data = torch.tensor(np.asarray(value))
+    e = torch.tensor(np.asarray(emb), requires_grad=True)
+    y = torch.tensor(np.asarray(labels))
+    return _torch_step(loss, [e], lambda: loss(e, y, miner(e, y)) if miner is not None else loss(e, y))
 
 
 def main() -> None:
@@ -291,28 +295,6 @@ def _special_rows(emb, labels, w_np, c, d):
     def cos(e):
         return similarity.cosine(e, e)
 
-    def torch_call(make_loss, forward_inputs, grads_of, params=(), note=""):
-        def make(torch, pml_losses):
-            loss = make_loss(pml_losses)
-            for name, value in params:
-                getattr(loss, name).data = torch.tensor(np.asarray(value))
-            tensors = [torch.tensor(np.asarray(x), requires_grad=g) for x, g in zip(forward_inputs, grads_of, strict=True)]
-
-            def forward():
-                return loss(*tensors)
-
-            def run():
-                for t in tensors:
-                    t.grad = None
-                loss.zero_grad()
-                forward().backward()
-
-            run.value = lambda: float(forward().item())
-            run.note = note
-            return run
-
-        return make
-
     # P2SGrad: PML renormalises its weights in place; unit columns make both sides start equal
     w_unit = w_np / np.linalg.norm(w_np, axis=0, keepdims=True)
     p2s = ("p2s_grad", _jax_timer(lambda e, w_: losses.p2s_grad(similarity.cosine(e, w_), labels), emb,
@@ -323,8 +305,9 @@ def _special_rows(emb, labels, w_np, c, d):
     ap_emb, ap_labels = emb_np[: g * g], np.repeat(np.arange(g), g)
 
     def smooth_ap_torch(torch, pml_losses):
-        return torch_call(lambda L: L.SmoothAPLoss(temperature=0.01), (ap_emb, ap_labels), (True, False),
-                          note="  batch 64 = 8 x 8")(torch, pml_losses)
+        run = _torch_timer(torch, pml_losses.SmoothAPLoss(temperature=0.01), ap_emb, ap_labels)
+        run.note = "  batch 64 = 8 x 8"
+        return run
 
     smooth = ("smooth_ap (batch 8 x 8)", _jax_timer(lambda e: losses.smooth_ap(cos(e), jnp.asarray(ap_labels)),
                                                     jnp.asarray(ap_emb)), smooth_ap_torch)
@@ -334,13 +317,7 @@ def _special_rows(emb, labels, w_np, c, d):
     def vic_reg_torch(torch, pml_losses):
         loss = pml_losses.VICRegLoss()
         e, r = (torch.tensor(x, requires_grad=True) for x in (emb_np, ref_np))
-
-        def run():
-            e.grad = r.grad = None
-            loss(e, ref_emb=r).backward()
-
-        run.value = lambda: float(loss(e, ref_emb=r).item())
-        return run
+        return _torch_step(loss, [e, r], lambda: loss(e, ref_emb=r))
 
     vic = ("vic_reg", _jax_timer(lambda e, r: losses.vic_reg(e, r), emb, jnp.asarray(ref_np)), vic_reg_torch)
     # Manifold: K = 16 proxies (meta-classes) drawn per sample
@@ -356,14 +333,7 @@ def _special_rows(emb, labels, w_np, c, d):
         loss = pml_losses.ManifoldLoss(l=d, K=k, lambdaC=0.5, margin=0.01)
         loss.proxies.data = torch.tensor(proxies_np)
         e, m = torch.tensor(emb_np, requires_grad=True), torch.tensor(meta)
-
-        def run():
-            e.grad = None
-            loss.zero_grad()
-            loss(e, indices_tuple=m).backward()
-
-        run.value = lambda: float(loss(e, indices_tuple=m).item())
-        return run
+        return _torch_step(loss, [e], lambda: loss(e, indices_tuple=m))
 
     mani = ("manifold (K = 16)", _jax_timer(manifold_ours, emb, jnp.asarray(proxies_np)), manifold_torch)
     # DynamicSoftMargin: stateful; both sides start from an empty histogram and are compared on the first call
@@ -379,12 +349,7 @@ def _special_rows(emb, labels, w_np, c, d):
             loss.hist_ = loss.hist_.detach()
             return loss(e, y)
 
-        def run():
-            e.grad = None
-            forward().backward()
-
-        run.value = lambda: float(forward().item())
-        return run
+        return _torch_step(loss, [e], forward)
 
     dsm = ("dynamic_soft_margin", _jax_timer(
         lambda e: losses.dynamic_soft_margin(similarity.chord_distance(cos(e)), labels, hist, momentum=0.1)[0], emb),
