@@ -9,11 +9,14 @@ same invocation, so their ratio is meaningful on a shared machine (the CPU-time 
 less load-sensitive one). faiss is searched with k + 1 and its self-match dropped by index;
 both neighbour lists go through the same `metrics_from_neighbors`. With --kmeans, k-means
 (k = number of classes, at most 20 iterations, both stopping at convergence) + NMI/AMI/F1 are
-timed against faiss.Kmeans.
+timed against faiss.Kmeans. With --breakdown, where probdml's time goes: the symmetric score tiles alone
+(the matrix products, nothing merged) and the cost of one top-k merge early and late in a row block's
+sweep (one thread, real thresholds).
 
     python benchmarks/retrieval.py                 # full size (N = 60,502)
     python benchmarks/retrieval.py --n 8000        # quick
     python benchmarks/retrieval.py --kmeans        # also time k-means (NMI) vs faiss.Kmeans
+    python benchmarks/retrieval.py --breakdown     # also time the tiles alone and single merges
 """
 
 from __future__ import annotations
@@ -95,6 +98,52 @@ def run_probdml(path: str, k: int, block_size: int, ref_block_size: int) -> dict
         "metrics": out,
         "idx": idx,
     }
+
+
+def run_breakdown(path: str, k: int, block: int) -> dict:
+    """The leave-one-out search's parts, as `neighbors._symmetric_knn` runs them: every tile S_ij (i <= j) of
+    the symmetric score matrix computed and discarded (wall and CPU seconds), and the time of merging block
+    0's row tiles into its running top-k one at a time (ms per merge, in sweep order)."""
+    import jax
+
+    from probdml.metrics import neighbors
+
+    x = np.load(path)["x"]
+    n = len(x)
+    t = -(-n // block)
+    prepare = jax.jit(lambda a: neighbors._prepare("cosine", a))
+    blocks = [prepare(neighbors._pad_rows(x, b * block, block)) for b in range(t)]
+    starts = [np.int32(b * block) for b in range(t)]
+    precision = jax.lax.Precision.HIGHEST
+
+    def tile(i, j):
+        return neighbors._tile_scores_fn("cosine", precision, i == j, t * block > n and j == t - 1)(
+            blocks[i], blocks[j], starts[i], starts[j], np.int32(n))
+
+    for i, j in ((0, 0), (0, t - 1), (0, 1)):  # compile every variant before timing
+        jax.block_until_ready(tile(i, j))
+    c0, t0 = cpu_seconds(), time.perf_counter()
+    last = None
+    for i in range(t):
+        for j in range(i, t):
+            last = tile(i, j)
+    jax.block_until_ready(last)
+    tiles_wall, tiles_cpu = time.perf_counter() - t0, cpu_seconds() - c0
+
+    merge = jax.jit(lambda rs, ri, s, st: neighbors._top_k_into(rs, ri, s, st, k))
+    run = (np.full((block, k), -np.inf, np.float32), np.full((block, k), -1, np.int32))
+    def row_tile(j):  # off the diagonal a tile comes with its transpose (for the column merge)
+        return jax.block_until_ready(tile(0, j) if j == 0 else tile(0, j)[0])
+
+    jax.block_until_ready(merge(*run, row_tile(1), starts[1]))
+    per_merge = []
+    for j in range(t):
+        s = row_tile(j)
+        t0 = time.perf_counter()
+        run = jax.block_until_ready(merge(*run, s, starts[j]))
+        per_merge.append(time.perf_counter() - t0)
+    return {"tiles": t * (t + 1) // 2, "tiles_wall": tiles_wall, "tiles_cpu": tiles_cpu,
+            "merges_ms": 1e3 * np.asarray(per_merge)}
 
 
 def run_faiss(path: str, k: int) -> dict:
@@ -182,7 +231,11 @@ def main() -> None:
     parser.add_argument("--block-size", type=int, default=1024)
     parser.add_argument("--ref-block-size", type=int, default=65536)
     parser.add_argument("--kmeans", action="store_true", help="also time k-means + NMI/F1 vs faiss.Kmeans")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also time probdml's symmetric tiles alone and single top-k merges")
     args = parser.parse_args()
+    if args.breakdown and args.n <= args.block_size:
+        parser.error(f"--breakdown needs at least two blocks: --n ({args.n}) above --block-size ({args.block_size})")
 
     x, y = make_data(args.n, args.dim, args.noise, args.seed)
     sizes = np.bincount(y)
@@ -207,6 +260,16 @@ def main() -> None:
             f" {ours['cpu'] / ref['cpu']:.2f} cpu (issue 21 target: <= 1.0);"
             f" probdml peak RSS {ours['peak_rss'] / 1024:.2f} GB (target < 1 GB)"
         )
+        if args.breakdown:
+            parts = in_child(run_breakdown, path, args.k, args.block_size)
+            ms = parts["merges_ms"]
+            print(
+                f"probdml parts: the {parts['tiles']} symmetric tiles alone (products and transposes, nothing merged)"
+                f" wall {parts['tiles_wall']:.2f} s, cpu {parts['tiles_cpu']:.2f} s ({parts['tiles_wall'] / ours['wall']:.0%}"
+                f" of the search's wall time); one merge of a {args.block_size} x {args.block_size} tile into a"
+                f" running top-{args.k}, one thread: {ms[0]:.1f} ms into the empty list, {np.mean(ms[1:4]):.1f} ms"
+                f" for the next three, {np.mean(ms[-10:]):.1f} ms for the last ten ({len(ms)} in block 0's row sweep)"
+            )
         if args.kmeans:
             km_ours = in_child(run_probdml_kmeans, path, args.seed)
             report("probdml k-means", km_ours)
