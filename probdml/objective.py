@@ -48,6 +48,10 @@ Array = jax.Array
 
 
 class Objective(NamedTuple):
+    """A trainable loss: ``init(key) -> params``; ``apply(params, outputs, labels, key) -> (loss, aux)``.
+    An objective with ``init_state`` is called with its state as a fifth argument and may return its new
+    state as ``aux['loss_state']``; a stateless one is called with four, so its ``apply`` need not take a state."""
+
     init: Callable[[Array], dict]
     apply: Callable[[dict, dict, Array, Array], tuple[Array, dict]]
     # Optional: (params, train embeddings [N, D], labels [N]) -> params, run once before training.
