@@ -10,7 +10,7 @@ less load-sensitive one). faiss is searched with k + 1 and its self-match droppe
 both neighbour lists go through the same `metrics_from_neighbors`. With --kmeans, k-means
 (k = number of classes, at most 20 iterations, both stopping at convergence) + NMI/AMI/F1 are
 timed against faiss.Kmeans. With --breakdown, where probdml's time goes: the symmetric score tiles alone
-(the matrix products, nothing merged) and the cost of one top-k merge early and late in a row block's
+(the matrix products and transposes, nothing merged) and the cost of one top-k merge early and late in a row block's
 sweep (one thread, real thresholds).
 
     python benchmarks/retrieval.py                 # full size (N = 60,502)
@@ -130,12 +130,12 @@ def run_breakdown(path: str, k: int, block: int) -> dict:
     jax.block_until_ready(last)
     tiles_wall, tiles_cpu = time.perf_counter() - t0, cpu_seconds() - c0
 
-    merge = jax.jit(lambda rs, ri, s, st: neighbors._top_k_into(rs, ri, s, st, k))
+    merge = neighbors._merge_executable(k, block, "float32", bool(jax.config.jax_enable_x64))  # the search's own
     run = (np.full((block, k), -np.inf, np.float32), np.full((block, k), -1, np.int32))
+
     def row_tile(j):  # off the diagonal a tile comes with its transpose (for the column merge)
         return jax.block_until_ready(tile(0, j) if j == 0 else tile(0, j)[0])
 
-    jax.block_until_ready(merge(*run, row_tile(1), starts[1]))
     per_merge = []
     for j in range(t):
         s = row_tile(j)

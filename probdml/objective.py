@@ -539,7 +539,7 @@ def _dynamic_soft_margin_objective(cfg: ml_collections.ConfigDict, num_classes: 
     _check_keys(cfg, {"name", "similarity", "similarity_options", *DYNAMIC_SOFT_MARGIN_DEFAULTS})
     hp = _options(cfg, DYNAMIC_SOFT_MARGIN_DEFAULTS)
     num_bins = hp["num_bins"]
-    if isinstance(num_bins, bool) or not isinstance(num_bins, numbers.Integral) or num_bins < 1:
+    if not isinstance(num_bins, numbers.Integral) or num_bins < 1:  # a bool was refused by _options
         raise ConfigError(f"dynamic_soft_margin num_bins must be a positive integer, got {num_bins!r}")
     if not hp["min_val"] < 0:
         raise ConfigError(f"dynamic_soft_margin min_val must be negative (bins on [min_val, -min_val]), got {hp['min_val']}")
